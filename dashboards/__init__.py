@@ -1,0 +1,1 @@
+"""attntune subpackage."""
