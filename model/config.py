@@ -370,7 +370,7 @@ def load_run_config(data: Any, source: str | None = None) -> RunConfig:
     try:
         return load_dataclass(RunConfig, data)
     except ConfigError as e:
-        raise e.with_source(source) if source else e
+        raise (e.with_source(source) if source else e) from None
 
 
 def apply_overrides(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:

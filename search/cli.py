@@ -1,0 +1,246 @@
+"""The ``attntune`` command line.
+
+Each command imports its heavy libraries (torch, Optuna, Ray, MLflow) lazily so ``attntune --help``
+is instant. Bad input of any kind ends in one line on stderr and exit code 2 (see ``main``).
+Commands are added here as thin wrappers around functions in the other modules.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="attntune",
+    help="Hyperparameter search for PyTorch Transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+OutputOpt = Annotated[Path | None, typer.Option("--output", help="Output folder (or file).")]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address.")]
+
+
+class UsageError(Exception):
+    """Bad input from the user that is not a config file problem (exit 2)."""
+
+
+# --------------------------------------------------------------------------- train / translate
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML with task, model and train sections.")],
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
+    output: OutputOpt = None,
+    tracking_uri: TrackingOpt = None,
+    register_as: Annotated[
+        str | None, typer.Option("--register-as", help="Register the trained model under this name.")
+    ] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Train one model from a config file (the schema `attntune export` writes)."""
+    from attntune.search.train_cmd import run_train
+
+    run_train(
+        config,
+        epochs=epochs,
+        output=output,
+        tracking_uri=tracking_uri,
+        register_as=register_as,
+        track=not no_tracking,
+    )
+
+
+@app.command()
+def translate(
+    text: Annotated[list[str], typer.Argument(help="Sentences to translate.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder written by `train`.")],
+    beam_size: Annotated[int, typer.Option("--beam-size")] = 1,
+) -> None:
+    """Translate sentences with a trained checkpoint."""
+    from attntune.search.train_cmd import run_translate
+
+    run_translate(checkpoint, text, beam_size=beam_size)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _print_best(result: Any) -> None:
+    from rich.console import Console
+
+    console = Console()
+    job = result.job
+    t = result.table
+    counts = t["state"].value_counts().to_dict() if len(t) else {}
+    console.print(
+        f"[bold]{job.name}[/bold]: {len(t)} trials "
+        + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"))
+    )
+    if result.best is None:
+        console.print("no trial completed; nothing to export")
+        return
+    b = result.best
+    console.print(f"best: trial {int(b['number'])} {job.metric}={float(b['value']):.4g}")
+    keys = [c for c in t.columns if c.startswith(("model.", "train."))]
+    for k in keys:
+        if k in b and b[k] == b[k] and b[k] is not None:
+            console.print(f"  {k}: {b[k]}")
+    console.print(f"results: {result.output / 'results.csv'}")
+    console.print(f"export: attntune export --experiment {job.tracking.experiment or job.name} --output best.yaml")
+
+
+@app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="Search job YAML.")],
+    backend: Annotated[str | None, typer.Option("--backend", help="optuna (default) or ray.")] = None,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+    output: OutputOpt = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Devices to use, e.g. 0,1.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue this job's earlier search.")] = False,
+    join: Annotated[bool, typer.Option("--join", help="Add workers to a shared study (PostgreSQL).")] = False,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: study.db in the output folder).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+) -> None:
+    """Run a search job in the foreground."""
+    from attntune.search.job import load_job
+    from attntune.search.run import run_search
+
+    if address and not backend:
+        backend = "ray"
+    job = load_job(job_file, backend=backend, tracking_uri=tracking_uri, output=output)
+    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    result = run_search(
+        job, resume=resume, join=join, gpus=gpu_ids, address=address, storage=storage, quiet=quiet, report=not no_report
+    )
+    _print_best(result)
+
+
+@app.command()
+def resume(
+    name_or_folder: Annotated[str, typer.Argument(help="Job name or the search's output folder.")],
+    tracking_uri: TrackingOpt = None,
+    address: AddressOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Continue an interrupted search: completed trials are kept, running ones rerun."""
+    from attntune.search.job import parse_job, parse_yaml_text
+    from attntune.search.results import find_output, load_study
+    from attntune.search.run import run_search
+
+    folder = find_output(name_or_folder)
+    study = load_study(folder)
+    text = study.user_attrs.get("job_yaml")
+    if text is None:
+        raise UsageError(f"{folder}: the study does not hold its job file")
+    data = parse_yaml_text(text, f"{folder}/study.db")
+    job = parse_job(
+        data,
+        text=text,
+        source=f"{folder}/study.db",
+        backend=study.user_attrs.get("backend"),
+        tracking_uri=tracking_uri or study.user_attrs.get("tracking_uri"),
+        output=folder,
+    )
+    result = run_search(job, resume=True, address=address, quiet=quiet)
+    _print_best(result)
+
+
+@app.command()
+def results(
+    name_or_folder: Annotated[str, typer.Argument(help="Job name or the search's output folder.")],
+    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by (default: value).")] = None,
+    descending: Annotated[bool, typer.Option("--desc")] = False,
+    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns to show.")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+) -> None:
+    """Show a search's results table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from attntune.search.results import find_output, load_study, results_table
+
+    folder = find_output(name_or_folder)
+    study = load_study(folder)
+    t = results_table(study)
+    sort = sort or "value"
+    if sort not in t.columns:
+        raise UsageError(f"--sort: no column {sort!r} (columns: {', '.join(t.columns)})")
+    ascending = not descending if sort != "value" else (study.user_attrs.get("mode", "min") == "min") != descending
+    t = t.sort_values(sort, ascending=ascending, na_position="last")
+    default_cols = ["number", "state", "value", "epochs", "seconds", "n_params"] + [
+        c for c in t.columns if c in {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
+    ]
+    cols = [c.strip() for c in columns.split(",")] if columns else default_cols
+    missing = [c for c in cols if c not in t.columns]
+    if missing:
+        raise UsageError(f"--columns: no column {missing[0]!r} (columns: {', '.join(t.columns)})")
+    if csv:
+        sys.stdout.write(t[cols].to_csv(index=False))
+        return
+    table = Table(title=f"{study.study_name} ({len(t)} trials)")
+    for c in cols:
+        table.add_column(c)
+    for _, row in t[cols].iterrows():
+        table.add_row(*[_fmt(v) for v in row])
+    Console().print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return ""
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from attntune.model.config import ConfigError
+    from attntune.model.data import DataError
+
+    return (ConfigError, DataError, UsageError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; bad input becomes one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:  # pragma: no cover - typer plumbing
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - classify, then re-raise the unexpected
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, _bad_input_types()):
+            msg = e.line() if hasattr(e, "line") else str(e)
+            print(f"error: {msg}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,361 @@
+"""The search job: one YAML file, validated at load, every problem reported at once.
+
+Parsing never imports Optuna, Ray or MLflow and never touches the disk beyond reading the file,
+so a bad job exits 2 before anything starts (no experiment, no run, no Ray, no folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from attntune.model.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    _Validated,
+    load_dataclass,
+    parse_dataclass,
+    to_dict,
+)
+from attntune.spaces.space import Space, load_space
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_OUTPUT_ROOT = "attntune-runs"
+METRIC_MODES = {
+    "train_loss": "min",
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_bleu": "max",
+}
+
+
+@dataclass(frozen=True)
+class Budget(_Validated):
+    """How much to spend: trials, wall time, epochs per trial (min_epochs is the first rung)."""
+
+    n_trials: int = 8
+    time_limit: float | str | None = None
+    max_epochs: int = 4
+    min_epochs: int = 1
+
+    def _check(self, problems: list[str]) -> None:
+        if self.n_trials <= 0:
+            problems.append(f"n_trials: must be > 0, got {self.n_trials}")
+        if self.max_epochs <= 0:
+            problems.append(f"max_epochs: must be > 0, got {self.max_epochs}")
+        if self.min_epochs <= 0:
+            problems.append(f"min_epochs: must be > 0, got {self.min_epochs}")
+        elif self.min_epochs > self.max_epochs:
+            problems.append(f"min_epochs: {self.min_epochs} is above max_epochs={self.max_epochs}")
+        try:
+            seconds = parse_duration(self.time_limit)
+            if seconds is not None and seconds <= 0:
+                problems.append(f"time_limit: must be > 0, got {self.time_limit!r}")
+        except ValueError as e:
+            problems.append(f"time_limit: {e}")
+
+    @property
+    def time_limit_s(self) -> float | None:
+        return parse_duration(self.time_limit)
+
+
+def parse_duration(value: float | str | None) -> float | None:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (e.g. 600, '10m', '2h')")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Resources(_Validated):
+    """Per-trial resources. ``gpus`` may be a fraction (several trials share one GPU)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def _check(self, problems: list[str]) -> None:
+        if self.cpus <= 0:
+            problems.append(f"cpus: must be > 0, got {self.cpus}")
+        if self.gpus < 0:
+            problems.append(f"gpus: must be >= 0, got {self.gpus}")
+        if self.gpus > 1 and not float(self.gpus).is_integer():
+            problems.append(f"gpus: above 1 must be a whole number, got {self.gpus}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig(_Validated):
+    """Where MLflow runs go. ``uri`` defaults to MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db``."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+    def resolved_uri(self) -> str:
+        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+@dataclass(frozen=True)
+class _JobFile:
+    """The raw schema of a job file (sections are parsed by their own dataclasses)."""
+
+    name: str
+    task: TaskConfig = field(default_factory=TaskConfig)
+    space: Any = "cpu-small"
+    strategy: str = "tpe"
+    scheduler: str | None = None
+    budget: Budget = field(default_factory=Budget)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] | None = None
+    concurrency: int = 1
+    resources: Resources = field(default_factory=Resources)
+    seed: int = 0
+    backend: str = "optuna"
+    tracking: Any = None
+    output: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    max_params: float | None = None
+    retries: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """A validated search job. ``base`` holds the fixed (non-searched) task/model/train settings."""
+
+    name: str
+    base: RunConfig
+    space: Space
+    strategy: str
+    scheduler: str
+    budget: Budget
+    metric: str
+    mode: str
+    concurrency: int
+    resources: Resources
+    seed: int
+    backend: str
+    tracking: TrackingConfig
+    output: Path
+    max_params: float | None
+    retries: int = 0
+    description: str = ""
+    source_text: str = ""
+    source_path: str | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.source_text.encode()).hexdigest()[:12]
+
+    def with_overrides(self, **changes: Any) -> SearchJob:
+        from dataclasses import replace
+
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def settings(self) -> dict[str, Any]:
+        """The job's settings as flat params (for the MLflow parent run)."""
+        return {
+            "job_name": self.name,
+            "strategy": self.strategy,
+            "scheduler": self.scheduler,
+            "backend": self.backend,
+            "seed": self.seed,
+            "metric": self.metric,
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "n_trials": self.budget.n_trials,
+            "time_limit_s": self.budget.time_limit_s,
+            "max_epochs": self.budget.max_epochs,
+            "min_epochs": self.budget.min_epochs,
+            "max_params": self.max_params,
+            "resources.cpus": self.resources.cpus,
+            "resources.gpus": self.resources.gpus,
+            "space": self.space.name,
+            "space_fingerprint": self.space.fingerprint(),
+            "task": self.base.task.name,
+            "retries": self.retries,
+        }
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """``yaml.safe_load`` a file; any problem becomes one ConfigError line naming file and line."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: file not found")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, expected a YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    return parse_yaml_text(text, str(p)), text
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "python/" in str(e) or "could not determine a constructor" in str(e):
+            problem = f"unsafe or unknown YAML tag ({problem}); attntune loads YAML with safe_load only"
+        raise ConfigError(f"{source}:{where} malformed YAML: {problem}") from None
+
+
+def load_job(path: str | Path, **overrides: Any) -> SearchJob:
+    data, text = read_yaml(path)
+    return parse_job(data, text=text, source=str(path), **overrides)
+
+
+def parse_job(
+    data: Any,
+    *,
+    text: str = "",
+    source: str = "<job>",
+    backend: str | None = None,
+    tracking_uri: str | None = None,
+    output: str | Path | None = None,
+) -> SearchJob:
+    """Validate a job mapping; raise one ConfigError naming the file and every problem."""
+    from attntune.search.backends import BACKENDS
+    from attntune.search.schedulers import SCHEDULERS
+    from attntune.search.strategies import PRESETS, STRATEGIES
+
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping with at least a 'name' key", source)
+    raw: _JobFile | None = parse_dataclass(_JobFile, data, "", problems)
+    if raw is None:
+        raise ConfigError(problems, source)
+    if not _NAME_RE.match(raw.name):
+        problems.append(f"name: {raw.name!r} must be 1-100 letters, digits, '_', '-' or '.'")
+    tracking = _parse_tracking(raw.tracking, problems)
+    if tracking_uri:
+        tracking = TrackingConfig(uri=tracking_uri, experiment=tracking.experiment)
+
+    # Strategy / scheduler, with presets.
+    strategy, scheduler = raw.strategy, raw.scheduler
+    if strategy in PRESETS:
+        preset_strategy, preset_scheduler = PRESETS[strategy]
+        if scheduler not in (None, preset_scheduler):
+            problems.append(
+                f"scheduler: preset {strategy!r} is {preset_strategy} + {preset_scheduler}; "
+                f"it cannot be combined with scheduler {scheduler!r}"
+            )
+        strategy, scheduler = preset_strategy, preset_scheduler
+    scheduler = scheduler or "none"
+    strat = sched = None
+    try:
+        strat = STRATEGIES.get(strategy, "strategy")
+    except ConfigError as e:
+        problems.extend(e.problems)
+    try:
+        sched = SCHEDULERS.get(scheduler, "scheduler")
+    except ConfigError as e:
+        problems.extend(e.problems)
+    backend_name = backend or raw.backend
+    if backend_name not in BACKENDS:
+        problems.append(f"backend: {backend_name!r} is not a known backend (valid: {', '.join(BACKENDS)})")
+
+    # Metric and mode.
+    mode = raw.mode or METRIC_MODES.get(raw.metric)
+    if mode is None:
+        problems.append(
+            f"mode: metric {raw.metric!r} has no default direction; set mode: min or max "
+            f"(known metrics: {', '.join(METRIC_MODES)})"
+        )
+    if raw.concurrency <= 0:
+        problems.append(f"concurrency: must be > 0, got {raw.concurrency}")
+    if raw.retries < 0:
+        problems.append(f"retries: must be >= 0, got {raw.retries}")
+    if raw.max_params is not None and raw.max_params <= 0:
+        problems.append(f"max_params: must be > 0, got {raw.max_params}")
+
+    # The fixed settings, epochs set by the budget.
+    base = RunConfig(task=raw.task, model=raw.model, train=raw.train)
+    if "epochs" in (data.get("train") or {}):
+        problems.append("train.epochs: set budget.max_epochs instead (the search decides epochs)")
+    try:
+        base = load_dataclass(
+            RunConfig,
+            {
+                "task": to_dict(raw.task),
+                "model": to_dict(raw.model),
+                "train": {**to_dict(raw.train), "epochs": raw.budget.max_epochs},
+            },
+        )
+    except ConfigError as e:
+        problems.extend(e.problems)
+
+    space = None
+    try:
+        space = load_space(raw.space, base)
+    except ConfigError as e:
+        problems.extend(e.problems)
+
+    # Strategy rules on the space, scheduler rules on the budget.
+    if strat is not None and space is not None:
+        problems.extend(strat.check(space))
+        if not strat.single_objective:
+            problems.append(f"strategy {strategy!r} is multi-objective; this job has one metric ({raw.metric})")
+    if sched is not None and sched.bandit and raw.budget.max_epochs < raw.budget.min_epochs * 3:
+        problems.append(
+            f"scheduler {scheduler!r} with strategy {strategy!r}: budget.max_epochs "
+            f"({raw.budget.max_epochs}) must be >= 3 x budget.min_epochs ({raw.budget.min_epochs}) "
+            "so at least one rung can stop a trial"
+        )
+    if problems:
+        raise ConfigError(problems, source)
+
+    out = Path(output) if output else Path(raw.output) if raw.output else Path(DEFAULT_OUTPUT_ROOT) / raw.name
+    max_params = raw.max_params if raw.max_params is not None else space.max_params
+    return SearchJob(
+        name=raw.name,
+        base=base,
+        space=space,
+        strategy=strategy,
+        scheduler=scheduler,
+        budget=raw.budget,
+        metric=raw.metric,
+        mode=mode,
+        concurrency=raw.concurrency,
+        resources=raw.resources,
+        seed=raw.seed,
+        backend=backend_name,
+        tracking=tracking,
+        output=out,
+        max_params=max_params,
+        retries=raw.retries,
+        description=raw.description,
+        source_text=text,
+        source_path=source,
+    )
+
+
+def _parse_tracking(value: Any, problems: list[str]) -> TrackingConfig:
+    if value is None:
+        return TrackingConfig()
+    if isinstance(value, str):
+        return TrackingConfig(uri=value)
+    obj = parse_dataclass(TrackingConfig, value, "tracking", problems)
+    return obj or TrackingConfig()

@@ -1,0 +1,143 @@
+"""``attntune run``: validate everything, then drive a search on the chosen backend.
+
+Order matters for bad input: the job file, the output folder, the tracking store and the data are
+all checked before the first write, so a mistake exits 2 leaving no experiment, run or folder.
+SIGTERM and Ctrl-C end running trials' runs as KILLED, leave the study resumable and exit 143/130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attntune.model.config import ConfigError
+from attntune.search.job import SearchJob
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the driver's main thread."""
+
+
+@dataclass
+class SearchResult:
+    job: SearchJob
+    table: Any
+    parent_run_id: str
+    experiment_id: str
+    best: Any
+    output: Path
+
+
+def check_output_writable(path: Path) -> None:
+    """The output folder (or its nearest existing parent) must be writable; nothing is created."""
+    p = path.resolve()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"output: {probe} exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output: {path} is not writable ({probe} denies writing)")
+
+
+def preflight(job: SearchJob) -> None:
+    """Everything that can be checked without writing: output folder and tracking store."""
+    from attntune.search.tracking import check_tracking_uri
+
+    check_output_writable(job.output)
+    check_tracking_uri(job.tracking.resolved_uri())
+
+
+def run_search(
+    job: SearchJob,
+    *,
+    resume: bool = False,
+    join: bool = False,
+    gpus: list[str] | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    quiet: bool = False,
+    report: bool = True,
+) -> SearchResult:
+    from attntune.search.backends import get_backend
+    from attntune.search.engine import SearchContext
+    from attntune.search.progress import Progress
+    from attntune.search.results import best_row
+
+    preflight(job)
+    backend = get_backend(job.backend)
+    ctx = SearchContext(job, resume=resume, join=join, storage=storage)
+    ctx.open()
+    progress = Progress(ctx, quiet=quiet)
+    exp_id = ctx.tracker.experiment_id
+    _print_runs_address(job, exp_id, quiet)
+
+    old_term = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    status, code = "FINISHED", 0
+    try:
+        backend(ctx, {"progress": progress, "gpus": gpus, "address": address})
+    except (KeyboardInterrupt, Terminated) as e:
+        code = 143 if isinstance(e, Terminated) else 130
+        status = "KILLED"
+        ctx.interrupted = "SIGTERM" if code == 143 else "SIGINT"
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    if code:
+        ctx.abandon_running()
+        try:
+            ctx.finish(status)
+        finally:
+            ctx.close()
+        print(
+            f"interrupted ({ctx.interrupted}): running trials were ended KILLED; continue with "
+            f"`attntune resume {job.output}`",
+            file=sys.stderr,
+        )
+        sys.exit(code)
+    table = ctx.finish(status)
+    if report:
+        _write_report(ctx, quiet)
+    warnings = ctx.close()
+    for w in warnings[:5]:
+        print(f"warning: MLflow write failed: {w}", file=sys.stderr)
+    best = best_row(table, job.mode)
+    return SearchResult(job, table, ctx.parent_run_id, exp_id, best, job.output)
+
+
+def _write_report(ctx: Any, quiet: bool) -> None:
+    """The HTML report, when the dashboards package can build one (see attntune.dashboards)."""
+    try:
+        from attntune.dashboards.report import write_report_for_context
+    except ImportError:
+        return
+    try:
+        path = write_report_for_context(ctx)
+        if not quiet and path:
+            print(f"report: {path}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a report must never cost the search its results
+        print(f"warning: report not written: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def runs_address(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the runs table is in the MLflow UI (MLflow 3 otherwise opens a GenAI overview)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else ui
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def _print_runs_address(job: SearchJob, exp_id: str, quiet: bool) -> None:
+    if quiet:
+        return
+    uri = job.tracking.resolved_uri()
+    hint = "" if uri.startswith("http") else " (start it with `attntune ui`)"
+    print(f"search {job.name}: MLflow runs at {runs_address(uri, exp_id)}{hint}", file=sys.stderr)

@@ -1,0 +1,127 @@
+"""Search strategies (what to try next): Optuna samplers behind a registry.
+
+Each strategy is a factory plus the rules it places on a space; an incompatible space exits 2
+naming the strategy and the rule (see ``docs/search-job.md`` for the compatibility table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from attntune.search.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attntune.spaces.space import Space
+
+
+@dataclass(frozen=True)
+class SamplerContext:
+    space: Space
+    seed: int
+    n_trials: int
+    concurrency: int
+    n_objectives: int = 1
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    make_sampler: Callable[[SamplerContext], Any]
+    check: Callable[[Space], list[str]] = field(default=lambda space: [])
+    multi_objective: bool = False
+    single_objective: bool = True
+    description: str = ""
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+# Presets expand into a (strategy, scheduler) pair.
+PRESETS: dict[str, tuple[str, str]] = {"bohb": ("tpe", "hyperband")}
+
+
+def _startup(ctx: SamplerContext) -> int:
+    """Random trials before the model kicks in: ~1/4 of the budget, between 2 and 10."""
+    return max(2, min(10, ctx.n_trials // 4))
+
+
+def _random(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=ctx.seed)
+
+
+def _grid(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.GridSampler(ctx.space.grid(), seed=ctx.seed)
+
+
+def _tpe(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=ctx.seed,
+        n_startup_trials=_startup(ctx),
+        multivariate=True,
+        group=True,
+        constant_liar=ctx.concurrency > 1,
+        warn_independent_sampling=False,
+    )
+
+
+def _gp(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.GPSampler(
+        seed=ctx.seed, n_startup_trials=_startup(ctx), warn_independent_sampling=False
+    )
+
+
+def _cmaes(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.CmaEsSampler(
+        seed=ctx.seed,
+        n_startup_trials=_startup(ctx),
+        warn_independent_sampling=False,
+        consider_pruned_trials=True,
+    )
+
+
+def _nsga2(ctx: SamplerContext) -> Any:
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=ctx.seed, population_size=max(4, min(50, ctx.n_trials // 3)))
+
+
+def _check_grid(space: Space) -> list[str]:
+    bad = [p.name for p in space.params if not p.enumerable]
+    out = [
+        f"strategy grid cannot enumerate space.{n}: a continuous float range (give choices or a step)"
+        for n in bad
+    ]
+    if not out and space.grid_size() > 100_000:
+        out.append(f"strategy grid: the space has {space.grid_size()} points (limit 100000)")
+    return out
+
+
+def _check_cmaes(space: Space) -> list[str]:
+    if all(p.type == "categorical" for p in space.params):
+        return ["strategy cmaes needs at least one int or float parameter; this space has only categoricals (use tpe)"]
+    return []
+
+
+STRATEGIES.register("random", Strategy("random", _random, multi_objective=True, description="uniform random sampling"))
+STRATEGIES.register("grid", Strategy("grid", _grid, _check_grid, description="every combination, in random order"))
+STRATEGIES.register(
+    "tpe",
+    Strategy("tpe", _tpe, multi_objective=True, description="Tree-structured Parzen Estimator (multivariate)"),
+)
+STRATEGIES.register("gp", Strategy("gp", _gp, description="Gaussian-process Bayesian optimisation"))
+STRATEGIES.register("cmaes", Strategy("cmaes", _cmaes, _check_cmaes, description="CMA evolution strategy"))
+STRATEGIES.register(
+    "nsga2",
+    Strategy("nsga2", _nsga2, multi_objective=True, single_objective=False, description="NSGA-II (multi-objective)"),
+)

@@ -1,0 +1,310 @@
+"""The one object that writes to MLflow, from the search driver, with explicit run ids.
+
+Why: parallel trials that each open their own MLflow run fight over the active-run state and the
+SQLite file ("Run already active", "database is locked"), and per-value ``log_metric`` calls cost
+~6 ms each on SQLite. Here a single writer thread owns every MLflow call; metrics are coalesced
+into ``log_batch`` calls within MLflow's limits (1000 metrics, 100 params, 100 tags per call); a
+locked database is retried with back-off. Trial code never touches MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from attntune.model.config import ConfigError
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
+MAX_PARAM_LEN = 6000
+FLUSH_INTERVAL_S = 0.5
+
+# Tags (docs/conventions.md and docs/mlflow.md).
+TAG_KIND = "attntune.kind"  # "search" | "trial" | "train"
+TAG_STATE = "attntune.state"
+TAG_TRIAL = "attntune.trial_number"
+TAG_SEARCH = "attntune.search_run_id"
+TAG_JOB = "attntune.job"
+TAG_LICENSE = "data.license"
+
+
+class TrackingError(ConfigError):
+    """The tracking store cannot be used (unreachable server, unwritable SQLite folder)."""
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 8.0) -> None:
+    """Fail fast, before any MLflow call, when the store cannot be reached (<= ~10 s)."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        if path in ("", ":memory:"):
+            return
+        folder = Path(path).expanduser().resolve().parent
+        if not folder.exists():
+            raise TrackingError(f"tracking uri {uri}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking uri {uri}: folder {folder} is not writable")
+        return
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - user's own server
+                if resp.status >= 500:
+                    raise TrackingError(f"tracking server {uri} answered HTTP {resp.status}")
+        except urllib.error.HTTPError as e:
+            if e.code >= 500:
+                raise TrackingError(f"tracking server {uri} answered HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+        return
+    if scheme in ("postgresql", "postgres", "mysql", "mssql"):
+        host, port = parsed.hostname or "localhost", parsed.port or {"mysql": 3306, "mssql": 1433}.get(scheme, 5432)
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                pass
+        except OSError as e:
+            raise TrackingError(f"tracking database {host}:{port} is unreachable ({e})") from None
+        return
+    if scheme in ("", "file"):
+        return
+    if scheme == "databricks":
+        return
+    raise TrackingError(f"tracking uri {uri}: unsupported scheme {parsed.scheme!r}")
+
+
+def is_local_store(uri: str) -> bool:
+    return urlparse(uri).scheme in ("", "file", "sqlite")
+
+
+def default_artifact_location(uri: str, experiment: str) -> str | None:
+    """``./mlartifacts/<experiment>`` beside a SQLite store (MLflow's server default folder)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.split(":///", 1)[1]
+    if path in ("", ":memory:"):
+        return None
+    return str((Path(path).expanduser().resolve().parent / "mlartifacts" / experiment).as_posix())
+
+
+def _is_locked(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return "database is locked" in text or "database table is locked" in text or isinstance(e, sqlite3.OperationalError) and "locked" in text
+
+
+def _clean_value(v: Any) -> float:
+    f = float(v)
+    return f  # NaN and inf are stored as they are (MLflow accepts them)
+
+
+class Tracker:
+    """Buffered, single-writer MLflow access with explicit run ids (thread-safe)."""
+
+    def __init__(self, uri: str, *, check: bool = True):
+        if check:
+            check_tracking_uri(uri)
+        self.uri = uri
+        self._q: queue.Queue[tuple[str, Any, Future | None]] = queue.Queue()
+        self._buffer: dict[str, list[Any]] = {}
+        self._errors: list[str] = []
+        self._client = None
+        self._thread = threading.Thread(target=self._loop, name="attntune-tracker", daemon=True)
+        self._closed = False
+        self._thread.start()
+        self.experiment_id: str | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        delay = 0.05
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - only "locked" is retried
+                if not _is_locked(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                op, arg, fut = self._q.get(timeout=FLUSH_INTERVAL_S)
+            except queue.Empty:
+                self._flush_safe()
+                continue
+            if op == "metrics":
+                run_id, metrics = arg
+                self._buffer.setdefault(run_id, []).extend(metrics)
+                if sum(len(v) for v in self._buffer.values()) >= MAX_METRICS_PER_BATCH:
+                    self._flush_safe()
+                continue
+            self._flush_safe()
+            if op == "stop":
+                if fut:
+                    fut.set_result(None)
+                return
+            try:
+                result = self._retry(arg)
+                if fut:
+                    fut.set_result(result)
+            except Exception as e:  # noqa: BLE001 - surfaced to the caller or kept as a warning
+                if fut:
+                    fut.set_exception(e)
+                else:
+                    self._errors.append(f"{type(e).__name__}: {e}")
+
+    def _flush_safe(self) -> None:
+        try:
+            self._flush()
+        except Exception as e:  # noqa: BLE001
+            self._errors.append(f"log_batch failed: {type(e).__name__}: {e}")
+
+    def _flush(self) -> None:
+        from mlflow.entities import Metric
+
+        while self._buffer:
+            run_id, items = self._buffer.popitem()
+            for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+                chunk = [Metric(k, v, ts, step) for (k, v, ts, step) in items[i : i + MAX_METRICS_PER_BATCH]]
+                self._retry(lambda chunk=chunk, run_id=run_id: self.client.log_batch(run_id, metrics=chunk))
+
+    def _submit(self, fn: Callable[[], Any], wait: bool = False) -> Any:
+        if self._closed:
+            raise RuntimeError("tracker is closed")
+        fut: Future | None = Future() if wait else None
+        self._q.put(("call", fn, fut))
+        return fut.result() if fut else None
+
+    def call(self, fn: Callable[[Any], Any], wait: bool = True) -> Any:
+        """Run ``fn(client)`` on the writer thread (ordered after everything queued before)."""
+        return self._submit(lambda: fn(self.client), wait=wait)
+
+    def flush(self) -> None:
+        """Block until everything queued so far is written."""
+        self._submit(lambda: None, wait=True)
+
+    def close(self) -> list[str]:
+        """Write everything, stop the writer; returns warnings about writes that failed."""
+        if not self._closed:
+            fut: Future = Future()
+            self._q.put(("stop", None, fut))
+            fut.result()
+            self._closed = True
+        return list(self._errors)
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self._errors)
+
+    # ------------------------------------------------------------------ experiments and runs
+    def ensure_experiment(self, name: str) -> str:
+        def fn(c: Any) -> str:
+            exp = c.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    c.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            return c.create_experiment(name, artifact_location=default_artifact_location(self.uri, name))
+
+        self.experiment_id = self.call(fn)
+        return self.experiment_id
+
+    def create_run(
+        self,
+        run_name: str,
+        *,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        experiment_id: str | None = None,
+    ) -> str:
+        exp = experiment_id or self.experiment_id
+        if exp is None:
+            raise RuntimeError("ensure_experiment() first")
+        all_tags = {"mlflow.runName": run_name, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+
+        def fn(c: Any) -> str:
+            run = c.create_run(exp, run_name=run_name, tags=all_tags)
+            return run.info.run_id
+
+        run_id = self.call(fn)
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any], wait: bool = False) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            chunk = items[i : i + MAX_PARAMS_PER_BATCH]
+            self.call(lambda c, chunk=chunk: c.log_batch(run_id, params=chunk), wait=wait)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any], wait: bool = False) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_TAGS_PER_BATCH):
+            chunk = items[i : i + MAX_TAGS_PER_BATCH]
+            self.call(lambda c, chunk=chunk: c.log_batch(run_id, tags=chunk), wait=wait)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> None:
+        """Queue metrics (coalesced into log_batch calls); non-numeric values are dropped."""
+        ts = timestamp_ms or int(time.time() * 1000)
+        items = []
+        for k, v in metrics.items():
+            try:
+                items.append((str(k), _clean_value(v), ts, int(step)))
+            except (TypeError, ValueError):
+                continue
+        if items:
+            self._q.put(("metrics", (run_id, items), None))
+
+    def end_run(self, run_id: str, status: str = "FINISHED", wait: bool = False) -> None:
+        end = int(time.time() * 1000)
+        self.call(lambda c: c.set_terminated(run_id, status=status, end_time=end), wait=wait)
+
+    def reopen_run(self, run_id: str) -> None:
+        self.call(lambda c: c.update_run(run_id, status="RUNNING"))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str, wait: bool = False) -> None:
+        self.call(lambda c: c.log_text(run_id, text, artifact_file), wait=wait)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None, wait: bool = False) -> None:
+        self.call(lambda c: c.log_artifact(run_id, str(path), artifact_path), wait=wait)
+
+    def log_dict(self, run_id: str, data: Any, artifact_file: str, wait: bool = False) -> None:
+        self.call(lambda c: c.log_dict(run_id, data, artifact_file), wait=wait)
+
+
+def _param_str(v: Any) -> str:
+    if isinstance(v, float):
+        s = repr(v) if not math.isfinite(v) else f"{v:.6g}" if abs(v) < 1e-3 or abs(v) >= 1e6 else repr(round(v, 10))
+    else:
+        s = str(v)
+    return s[:MAX_PARAM_LEN]

@@ -1,0 +1,463 @@
+"""Declarative, Transformer-typed search spaces.
+
+A space is a mapping from dotted config keys (``model.n_heads``, ``train.lr``) to distributions.
+Three pseudo-parameters make every sample a valid Transformer *by construction*:
+
+- ``model.head_dim``: d_model = n_heads x head_dim, so d_model % n_heads == 0 always;
+- ``model.d_ff_ratio``: d_ff = round(ratio x d_model);
+- ``model.n_layers``: n_encoder_layers = n_decoder_layers = n_layers (tied depth).
+
+Searching ``model.d_model`` and ``model.n_heads`` directly is allowed only when every combination
+divides; otherwise the space is rejected before anything starts (use ``model.head_dim``).
+
+Sampling is define-by-run through an ``optuna.trial.Trial``-like object (``suggest_*``), so the same
+code serves Optuna's samplers on both backends. This module imports Optuna only lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attntune.model.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    config_fields,
+)
+
+PSEUDO_PARAMS = {"model.head_dim", "model.d_ff_ratio", "model.n_layers"}
+SPACES_DIR = Path(__file__).resolve().parent
+_PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
+_MAX_GRID = 100_000
+
+
+def valid_param_names() -> set[str]:
+    names = {f"model.{n}" for n in config_fields(ModelConfig)}
+    names |= {f"train.{n}" for n in config_fields(TrainConfig)}
+    return names | PSEUDO_PARAMS
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: a float/int range (optionally log or stepped) or a categorical."""
+
+    name: str
+    type: str  # "float" | "int" | "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # all must hold for the param to exist
+
+    @property
+    def enumerable(self) -> bool:
+        return self.type in ("categorical", "int") or self.step is not None
+
+    def values(self) -> list[Any]:
+        """Every value of an enumerable parameter (used by grid search and validity checks)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            step = int(self.step or 1)
+            if self.log:
+                out, v = [], int(self.low)
+                while v <= self.high:
+                    out.append(v)
+                    v = max(v + 1, v * 2)
+                return out
+            return list(range(int(self.low), int(self.high) + 1, step))
+        if self.step is not None:
+            n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+            return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+        raise ValueError(f"{self.name}: a continuous float range has no finite set of values")
+
+    def extremes(self) -> list[Any]:
+        """Values that bound what this parameter can produce (for checking rules up front)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        return [self.low, self.high] if self.type == "float" else [int(self.low), int(self.high)]
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return all(k in values and values[k] in allowed for k, allowed in self.when)
+
+    def suggest(self, trial: Any) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            d["choices"] = list(self.choices)
+        else:
+            d.update(low=self.low, high=self.high)
+            if self.log:
+                d["log"] = True
+            if self.step is not None:
+                d["step"] = self.step
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when}
+        return d
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space plus an optional parameter budget (``max_params``)."""
+
+    params: tuple[Param, ...]
+    max_params: float | None = None
+    name: str = "inline"
+    description: str = ""
+    _order: tuple[str, ...] = field(default=(), repr=False)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Draw one configuration through ``trial.suggest_*``; conditionals only when active."""
+        values: dict[str, Any] = {}
+        for p in self.ordered():
+            if p.active(values):
+                values[p.name] = p.suggest(trial)
+        return values
+
+    def ordered(self) -> list[Param]:
+        """Parents before the parameters conditioned on them."""
+        by_name = {p.name: p for p in self.params}
+        return [by_name[n] for n in self._order] if self._order else list(self.params)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Optuna GridSampler search space; raises ConfigError for a continuous parameter."""
+        bad = [p.name for p in self.params if not p.enumerable]
+        if bad:
+            raise ConfigError(
+                [
+                    f"space.{n}: strategy grid cannot enumerate a continuous float range "
+                    "(give choices, or a step)"
+                    for n in bad
+                ]
+            )
+        return {p.name: p.values() for p in self.params}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"params": {p.name: p.to_dict() for p in self.params}}
+        if self.max_params is not None:
+            d["max_params"] = self.max_params
+        return d
+
+
+# ---------------------------------------------------------------------- expansion to configs
+
+
+def expand(values: Mapping[str, Any], base: RunConfig | None = None) -> dict[str, Any]:
+    """Turn sampled values (with pseudo-parameters) into plain dotted config keys."""
+    out = {k: v for k, v in values.items() if k not in PSEUDO_PARAMS}
+    if "model.n_layers" in values:
+        out["model.n_encoder_layers"] = values["model.n_layers"]
+        out["model.n_decoder_layers"] = values["model.n_layers"]
+    n_heads = out.get("model.n_heads", base.model.n_heads if base else None)
+    if "model.head_dim" in values:
+        out["model.d_model"] = int(n_heads) * int(values["model.head_dim"])
+    if "model.d_ff_ratio" in values:
+        d_model = out.get("model.d_model", base.model.d_model if base else None)
+        out["model.d_ff"] = int(round(float(values["model.d_ff_ratio"]) * int(d_model)))
+    return out
+
+
+def make_config(base: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """The RunConfig one trial trains: ``base`` with the sampled values applied."""
+    return apply_overrides(base, expand(values, base))
+
+
+# ---------------------------------------------------------------------- parsing + validation
+
+
+def _field_kind(name: str) -> str | None:
+    """'int' or 'float' from the config field's annotation, so ``type`` may be left out."""
+    import typing
+
+    if name in ("model.head_dim", "model.n_layers"):
+        return "int"
+    if name == "model.d_ff_ratio":
+        return "float"
+    section, _, field_name = name.partition(".")
+    cls = {"model": ModelConfig, "train": TrainConfig}.get(section)
+    hint = typing.get_type_hints(cls).get(field_name) if cls else None
+    text = str(hint)
+    if hint is int or text.startswith("int"):
+        return "int"
+    if hint is float or text.startswith("float"):
+        return "float"
+    return None
+
+
+def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
+    key = f"space.{name}"
+    if not isinstance(spec, Mapping):
+        if isinstance(spec, list):  # shorthand: a list is a categorical
+            spec = {"choices": spec}
+        else:
+            problems.append(f"{key}: expected a mapping such as {{type: float, low: 1e-4, high: 1e-2}}")
+            return None
+    unknown = sorted(set(spec) - _PARAM_KEYS)
+    if unknown:
+        problems.append(f"{key}.{unknown[0]}: unknown key (valid keys: {', '.join(sorted(_PARAM_KEYS))})")
+        return None
+    ptype = spec.get("type", "categorical" if "choices" in spec else _field_kind(name))
+    if ptype not in ("float", "int", "categorical"):
+        problems.append(f"{key}.type: {ptype!r} is not one of 'float', 'int', 'categorical'")
+        return None
+    when: list[tuple[str, tuple[Any, ...]]] = []
+    w = spec.get("when") or {}
+    if not isinstance(w, Mapping):
+        problems.append(f"{key}.when: expected a mapping of parameter -> value(s)")
+        return None
+    for k, v in w.items():
+        when.append((str(k), tuple(v) if isinstance(v, list) else (v,)))
+    if ptype == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append(f"{key}.choices: must be a non-empty list")
+            return None
+        if not all(c is None or isinstance(c, bool | int | float | str) for c in choices):
+            problems.append(f"{key}.choices: values must be numbers, strings, booleans or null")
+            return None
+        if len(set(map(repr, choices))) != len(choices):
+            problems.append(f"{key}.choices: duplicate values in {choices}")
+            return None
+        return Param(name, "categorical", choices=tuple(choices), when=tuple(when))
+    n_before = len(problems)
+    nums: dict[str, float] = {}
+    for k in ("low", "high"):
+        v = spec.get(k)
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            problems.append(f"{key}.{k}: expected a number, got {v!r}")
+        else:
+            nums[k] = v
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or step <= 0):
+        problems.append(f"{key}.step: must be a positive number, got {step!r}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        problems.append(f"{key}.log: expected true or false, got {log!r}")
+    if len(problems) > n_before:
+        return None
+    low, high = nums["low"], nums["high"]
+    if low > high:
+        problems.append(f"{key}: low={low} > high={high} (low must be <= high)")
+        return None
+    if log and low <= 0:
+        problems.append(f"{key}: log scale needs low > 0, got low={low}")
+        return None
+    if log and step is not None:
+        problems.append(f"{key}: log scale and step cannot be combined")
+        return None
+    if ptype == "int":
+        if not (float(low).is_integer() and float(high).is_integer()):
+            problems.append(f"{key}: an int range needs integer low/high, got {low}..{high}")
+            return None
+        if step is not None and not float(step).is_integer():
+            problems.append(f"{key}.step: an int range needs an integer step, got {step}")
+            return None
+        return Param(name, "int", int(low), int(high), log, int(step) if step else None, when=tuple(when))
+    return Param(name, "float", float(low), float(high), log, float(step) if step else None, when=tuple(when))
+
+
+def _topological(params: list[Param], problems: list[str]) -> tuple[str, ...]:
+    names = {p.name for p in params}
+    order: list[str] = []
+    pending = list(params)
+    while pending:
+        progressed = False
+        for p in list(pending):
+            parents = [k for k, _ in p.when]
+            if all(k in order for k in parents):
+                order.append(p.name)
+                pending.remove(p)
+                progressed = True
+        if not progressed:
+            for p in pending:
+                missing = [k for k, _ in p.when if k not in names]
+                if missing:
+                    problems.append(f"space.{p.name}.when: refers to {missing[0]}, which is not in the space")
+                else:
+                    problems.append(f"space.{p.name}.when: circular condition")
+            return ()
+    return tuple(order)
+
+
+def _check_validity(space_params: list[Param], base: RunConfig, problems: list[str]) -> None:
+    """Reject spaces that could produce an invalid model, before any trial starts."""
+    by_name = {p.name: p for p in space_params}
+    if "model.head_dim" in by_name and "model.d_model" in by_name:
+        problems.append("space: model.head_dim and model.d_model cannot both be searched (d_model = n_heads x head_dim)")
+        return
+    if "model.n_layers" in by_name and (
+        "model.n_encoder_layers" in by_name or "model.n_decoder_layers" in by_name
+    ):
+        problems.append("space: model.n_layers ties encoder and decoder depth; do not also search n_encoder_layers/n_decoder_layers")
+        return
+    if "model.d_ff_ratio" in by_name and "model.d_ff" in by_name:
+        problems.append("space: model.d_ff_ratio and model.d_ff cannot both be searched")
+        return
+    # Each parameter's extreme values, alone, must give a valid config.
+    for p in space_params:
+        if p.name in ("model.d_model", "model.n_heads", "model.head_dim"):
+            continue  # checked jointly below
+        for v in p.extremes():
+            try:
+                make_config(base, {p.name: v})
+            except ConfigError as e:
+                problems.append(f"space.{p.name}: value {v!r} gives an invalid config ({e.problems[0]})")
+                break
+    # Divisibility: every (d_model, n_heads) pair the space can produce must divide.
+    heads = by_name["model.n_heads"].values() if "model.n_heads" in by_name else [base.model.n_heads]
+    if "model.head_dim" in by_name:
+        return  # valid by construction
+    dims = by_name["model.d_model"].values() if "model.d_model" in by_name else [base.model.d_model]
+    if "model.n_heads" in by_name and not by_name["model.n_heads"].enumerable:
+        problems.append("space.model.n_heads: must be categorical or int")
+        return
+    if "model.d_model" in by_name and not by_name["model.d_model"].enumerable:
+        problems.append("space.model.d_model: must be categorical or int")
+        return
+    bad = [(d, h) for d, h in itertools.product(dims, heads) if h <= 0 or d % h != 0]
+    if bad:
+        d, h = bad[0]
+        problems.append(
+            f"space: model.d_model={d} is not divisible by model.n_heads={h} "
+            f"({len(bad)} such pairs); search model.head_dim instead of model.d_model so "
+            "d_model = n_heads x head_dim is valid by construction"
+        )
+
+
+def parse_space(data: Any, base: RunConfig | None = None, name: str = "inline") -> Space:
+    """Build and fully check a space from its YAML mapping; raise one ConfigError for all problems."""
+    base = base or RunConfig()
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError("space: expected a mapping with a 'params' section or a built-in space name")
+    allowed = {"params", "max_params", "description", "name"}
+    for k in data:
+        if k not in allowed:
+            problems.append(f"space.{k}: unknown key (valid keys: {', '.join(sorted(allowed))})")
+    raw = data.get("params")
+    if not isinstance(raw, Mapping) or not raw:
+        problems.append("space.params: must be a non-empty mapping of parameter -> distribution")
+        raise ConfigError(problems)
+    valid = valid_param_names()
+    params: list[Param] = []
+    for pname, spec in raw.items():
+        if pname not in valid:
+            if str(pname).startswith("task."):
+                problems.append(f"space.{pname}: task settings cannot be searched")
+            else:
+                problems.append(
+                    f"space.{pname}: unknown parameter (valid: model.*/train.* config keys or "
+                    f"{', '.join(sorted(PSEUDO_PARAMS))})"
+                )
+            continue
+        p = _parse_param(str(pname), spec, problems)
+        if p is not None:
+            params.append(p)
+    max_params = data.get("max_params")
+    if max_params is not None:
+        try:
+            max_params = float(max_params)
+            if max_params <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(f"space.max_params: must be a positive number, got {data.get('max_params')!r}")
+            max_params = None
+    order = _topological(params, problems) if params else ()
+    if params:
+        _check_validity(params, base, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Space(
+        tuple(params),
+        max_params,
+        name=str(data.get("name", name)),
+        description=str(data.get("description", "")),
+        _order=order,
+    )
+
+
+def builtin_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(ref: str | Mapping[str, Any], base: RunConfig | None = None) -> Space:
+    """A space from a built-in name (``cpu-small``), a YAML file path, or an inline mapping."""
+    if isinstance(ref, Mapping):
+        return parse_space(ref, base)
+    path = SPACES_DIR / f"{ref}.yaml"
+    if not path.exists():
+        candidate = Path(ref)
+        if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+            path = candidate
+        else:
+            raise ConfigError(
+                f"space: {ref!r} is not a built-in space (valid: {', '.join(builtin_spaces())}) "
+                "nor a YAML file"
+            )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"space {path.name}: malformed YAML ({str(e).splitlines()[0]})") from None
+    return parse_space(data, base, name=path.stem)
+
+
+def iter_samples(space: Space, n: int, seed: int = 0) -> Iterable[dict[str, Any]]:
+    """Random draws without Optuna (used by tests and the cost model)."""
+    import random
+
+    rng = random.Random(seed)
+
+    class _Rand:
+        def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+            return rng.choice(choices)
+
+        def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+            if log:
+                return int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
+            return rng.randrange(low, high + 1, step)
+
+        def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+            if log:
+                return math.exp(rng.uniform(math.log(low), math.log(high)))
+            if step:
+                return low + step * rng.randint(0, int((high - low) / step))
+            return rng.uniform(low, high)
+
+    for _ in range(n):
+        yield space.sample(_Rand())
