@@ -205,6 +205,65 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    name_or_folder: Annotated[
+        str, typer.Argument(help="Job name, the search's output folder, or an MLflow experiment name.")
+    ],
+    search_run: Annotated[
+        str | None, typer.Option("--search-run", help="MLflow run id of the search (default: the latest).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Report file (default: report.html in the search folder).")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write a search's self-contained HTML report from MLflow and log it to the search run."""
+    from attntune.dashboards.report import report_command
+
+    path = report_command(name_or_folder, search_run=search_run, output=output, tracking_uri=tracking_uri)
+    print(f"report: {path}")
+
+
+# --------------------------------------------------------------------------- MLflow UI / export
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port for the MLflow UI.")] = 5000,
+    tracking_uri: TrackingOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (default: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the searches' store and print each search experiment's runs table."""
+    from attntune.search.ui import run_ui
+
+    code = run_ui(port=port, tracking_uri=tracking_uri, host=host)
+    sys.exit(code)
+
+
+@app.command()
+def export(
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment (the job name).")],
+    search_run: Annotated[
+        str | None, typer.Option("--search-run", help="MLflow run id of the search (default: the latest).")
+    ] = None,
+    trial: Annotated[int | None, typer.Option("--trial", help="Export this trial number instead of the best.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Config file (default: best.yaml in the search's output folder).")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write the best (or a chosen) trial of a search as a config `attntune train` takes."""
+    from attntune.search.export import export_config, print_export
+
+    print_export(
+        export_config(experiment, search_run=search_run, trial=trial, output=output, tracking_uri=tracking_uri)
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -217,6 +276,10 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input becomes one line on stderr and exit code 2."""
+    import logging
+
+    for noisy in ("mlflow", "alembic", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         app(args=argv, standalone_mode=False)
     except typer.Exit as e:  # pragma: no cover - typer plumbing

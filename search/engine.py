@@ -128,6 +128,18 @@ class SearchContext:
         self.vocab = (data.src_vocab_size, data.tgt_vocab_size)
         self.data_license = " ".join(x for x in (data.license, data.attribution) if x) or None
         self.data_fingerprint = data.fingerprint
+        exists = self._study_exists()
+        if (self.resume or self.join) and not exists:
+            raise ConfigError(f"{self.job.name}: no search to resume in {self.job.output} (run it first)")
+        if exists and not (self.resume or self.join):
+            raise ConfigError(
+                f"{self.job.output}: a search named {self.job.name!r} already exists there; "
+                f"continue it with `attntune resume {self.job.output}` or choose another --output"
+            )
+        # Nothing is written before this line. MLflow's start-up (schema migrations on a new
+        # SQLite store) runs on the tracker's thread, overlapping the study's.
+        self.tracker = Tracker(self.job.tracking.resolved_uri(), check=False)
+        experiment = self.tracker.ensure_experiment(self.job.tracking.experiment or self.job.name, wait=False)
         self.job.output.mkdir(parents=True, exist_ok=True)
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,14 +150,6 @@ class SearchContext:
         )
         pruner = SCHEDULERS.get(self.job.scheduler).optuna_pruner(self.job.budget)
         direction = "minimize" if self.job.mode == "min" else "maximize"
-        exists = self._study_exists()
-        if (self.resume or self.join) and not exists:
-            raise ConfigError(f"{self.job.name}: no search to resume in {self.job.output} (run it first)")
-        if exists and not (self.resume or self.join):
-            raise ConfigError(
-                f"{self.job.output}: a search named {self.job.name!r} already exists there; "
-                f"continue it with `attntune resume {self.job.output}` or choose another --output"
-            )
         self.study = optuna.create_study(
             study_name=self.job.name,
             storage=self.storage,
@@ -154,9 +158,7 @@ class SearchContext:
             direction=direction,
             load_if_exists=True,
         )
-        self.tracker = Tracker(self.job.tracking.resolved_uri(), check=False)
-        experiment = self.job.tracking.experiment or self.job.name
-        self.tracker.ensure_experiment(experiment)
+        experiment.result()
         attrs = self.study.user_attrs
         if ATTR_PARENT in attrs:
             self.parent_run_id = attrs[ATTR_PARENT]

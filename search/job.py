@@ -244,9 +244,7 @@ def parse_job(
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with at least a 'name' key", source)
-    raw: _JobFile | None = parse_dataclass(_JobFile, data, "", problems)
-    if raw is None:
-        raise ConfigError(problems, source)
+    raw = _parse_sections(data, problems)
     if not _NAME_RE.match(raw.name):
         problems.append(f"name: {raw.name!r} must be 1-100 letters, digits, '_', '-' or '.'")
     tracking = _parse_tracking(raw.tracking, problems)
@@ -350,6 +348,33 @@ def parse_job(
         source_text=text,
         source_path=source,
     )
+
+
+def _parse_sections(data: dict[str, Any], problems: list[str]) -> _JobFile:
+    """Each top-level key on its own, so one bad section does not hide the others' problems.
+    A section that fails to parse falls back to its default for the checks that follow."""
+    import dataclasses
+    import typing
+
+    from attntune.model.config import coerce
+
+    hints = typing.get_type_hints(_JobFile)
+    fields = {f.name: f for f in dataclasses.fields(_JobFile)}
+    values: dict[str, Any] = {}
+    for k, v in data.items():
+        if k not in fields:
+            problems.append(f"{k}: unknown key (valid keys: {', '.join(sorted(fields))})")
+            continue
+        before = len(problems)
+        parsed = coerce(v, hints[k], k, problems)
+        if len(problems) == before and not (parsed is None and v is not None):
+            values[k] = parsed
+    if "name" not in data:
+        problems.append("name: required key is missing")
+    values.setdefault("name", str(data.get("name", "search")))
+    if not isinstance(values["name"], str):
+        values["name"] = "search"
+    return _JobFile(**values)
 
 
 def _parse_tracking(value: Any, problems: list[str]) -> TrackingConfig:

@@ -29,7 +29,7 @@ class Progress:
 
     def _print(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)
 
     def status(self) -> str:
         job = self.ctx.job

@@ -65,15 +65,23 @@ def run_search(
     quiet: bool = False,
     report: bool = True,
 ) -> SearchResult:
-    from attntune.search.backends import get_backend
+    from attntune.search.backends import get_backend_module
     from attntune.search.engine import SearchContext
     from attntune.search.progress import Progress
     from attntune.search.results import best_row
 
     preflight(job)
-    backend = get_backend(job.backend)
+    module = get_backend_module(job.backend)
+    options: dict[str, Any] = {"gpus": gpus, "address": address}
+    # Warm the workers (imports, data) while the driver opens the study and MLflow.
+    prepared = module.prepare(job, options) if hasattr(module, "prepare") else None
     ctx = SearchContext(job, resume=resume, join=join, storage=storage)
-    ctx.open()
+    try:
+        ctx.open()
+    except BaseException:
+        if prepared is not None and hasattr(module, "shutdown"):
+            module.shutdown(prepared)
+        raise
     progress = Progress(ctx, quiet=quiet)
     exp_id = ctx.tracker.experiment_id
     _print_runs_address(job, exp_id, quiet)
@@ -86,7 +94,7 @@ def run_search(
     signal.signal(signal.SIGTERM, on_term)
     status, code = "FINISHED", 0
     try:
-        backend(ctx, {"progress": progress, "gpus": gpus, "address": address})
+        module.run(ctx, {**options, "progress": progress, "prepared": prepared})
     except (KeyboardInterrupt, Terminated) as e:
         code = 143 if isinstance(e, Terminated) else 130
         status = "KILLED"

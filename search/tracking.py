@@ -221,7 +221,10 @@ class Tracker:
         return list(self._errors)
 
     # ------------------------------------------------------------------ experiments and runs
-    def ensure_experiment(self, name: str) -> str:
+    def ensure_experiment(self, name: str, wait: bool = True) -> str | Future:
+        """The experiment's id (created if needed). ``wait=False`` returns a Future: a new SQLite
+        store runs MLflow's migrations (seconds), which can overlap other start-up work."""
+
         def fn(c: Any) -> str:
             exp = c.get_experiment_by_name(name)
             if exp is not None:
@@ -230,8 +233,15 @@ class Tracker:
                 return exp.experiment_id
             return c.create_experiment(name, artifact_location=default_artifact_location(self.uri, name))
 
-        self.experiment_id = self.call(fn)
-        return self.experiment_id
+        def remember(c: Any) -> str:
+            self.experiment_id = fn(c)
+            return self.experiment_id
+
+        if not wait:
+            fut: Future = Future()
+            self._q.put(("call", lambda: remember(self.client), fut))
+            return fut
+        return self.call(remember)
 
     def create_run(
         self,

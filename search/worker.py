@@ -73,6 +73,16 @@ def load_task_cached(task_dict: dict[str, Any]) -> Any:
     return _TASK_CACHE[key]
 
 
+def warm_up(task_dict: dict[str, Any] | None) -> None:
+    """Import what a trial needs and load its data, so the first trial starts warm."""
+    import sacrebleu  # noqa: F401
+
+    import attntune.model.train  # noqa: F401
+
+    if task_dict is not None:
+        load_task_cached(task_dict)
+
+
 def failure_kind_of(exc: BaseException) -> str:
     """Classify an exception for the ``failure_kind`` tag."""
     name = type(exc).__name__

@@ -16,3 +16,10 @@ BACKENDS.register("ray", "attntune.search.backends.ray_backend:run")
 def get_backend(name: str) -> Callable[..., Any]:
     module, _, attr = BACKENDS.get(name, "backend").partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def get_backend_module(name: str) -> Any:
+    """The backend's module: ``run(ctx, options)`` and optionally ``prepare(job, options)`` (start
+    workers before the study opens) and ``shutdown(prepared)``."""
+    module, _, _ = BACKENDS.get(name, "backend").partition(":")
+    return importlib.import_module(module)

@@ -8,9 +8,11 @@ pinned to its own device slot with ``CUDA_VISIBLE_DEVICES`` set before torch is 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -18,46 +20,6 @@ from typing import Any
 
 from attntune.search.engine import FAILED, SearchContext, TrialPlan, cpu_threads_per_trial
 from attntune.search.worker import TrialOutcome
-
-
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGKILL when the driver dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort off Linux
-        pass
-
-
-def worker_main(conn: Connection, env: dict[str, str], index: int) -> None:
-    """Worker process: receive trial specs, train, send events; exit on None or a closed pipe."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends us
-    os.environ.update(env)
-    from attntune.search.worker import execute_trial
-
-    conn.send(("ready", -1, {"pid": os.getpid(), "worker": index}))
-    while True:
-        try:
-            spec = conn.recv()
-        except (EOFError, OSError):
-            return
-        if spec is None:
-            return
-        number = spec["number"]
-
-        def send(kind: str, payload: Any, number: int = number) -> Any:
-            conn.send((kind, number, payload))
-            if kind == "report":
-                return conn.recv()
-            return None
-
-        try:
-            outcome = execute_trial(spec, send)
-        except (EOFError, OSError, BrokenPipeError):
-            return
-        conn.send(("done", number, outcome))
 
 
 @dataclass
@@ -70,12 +32,19 @@ class Worker:
     plan: TrialPlan | None = None
     started: float = field(default_factory=time.time)
 
-    def spawn(self, ctx: Any) -> None:
-        parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, self.env, self.index), daemon=True)
-        self.process.start()
+    task: dict[str, Any] | None = None
+
+    def spawn(self) -> None:
+        parent, child = socket.socketpair()
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "attntune.search.backends.local_worker", str(child.fileno()), str(self.index)],
+            pass_fds=[child.fileno()],
+            env=env,
+        )
         child.close()
-        self.conn = parent
+        self.conn = Connection(parent.detach())
+        self.conn.send(self.task)
         self.ready = False
         self.plan = None
 
@@ -86,10 +55,14 @@ class Worker:
         except (OSError, BrokenPipeError):
             pass
         if self.process is not None:
-            self.process.join(timeout=2)
-            if self.process.is_alive():
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.join(timeout=2)
+                self.process.wait(timeout=5)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def device_slots(concurrency: int, gpus_per_trial: float, gpu_ids: list[str] | None) -> list[dict[str, str]]:
@@ -134,10 +107,17 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def run(ctx: SearchContext, options: dict[str, Any]) -> None:
-    """Drive the search to its budget with ``concurrency`` local worker processes."""
-    job = ctx.job
-    progress = options.get("progress")
+@dataclass
+class Pool:
+    workers: list[Worker]
+    threads: int
+
+
+def prepare(job: Any, options: dict[str, Any]) -> Pool:
+    """Start the workers early: they import torch and load the data while the driver opens the
+    study and MLflow (called by run_search before SearchContext.open)."""
+    from attntune.model.config import to_dict
+
     gpu_ids: list[str] | None = options.get("gpus")
     if gpu_ids is None and job.resources.gpus > 0:
         gpu_ids = visible_gpus()
@@ -146,10 +126,23 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
     threads = cpu_threads_per_trial(job)
     envs = device_slots(n_workers, gpus_per_trial, gpu_ids)
     base_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    mpctx = mp.get_context("spawn")
-    workers = [Worker(i, {**base_env, **env}) for i, env in enumerate(envs)]
+    task = to_dict(job.base.task)
+    workers = [Worker(i, {**base_env, **env}, task=task) for i, env in enumerate(envs)]
     for w in workers:
-        w.spawn(mpctx)
+        w.spawn()
+    return Pool(workers, threads)
+
+
+def shutdown(pool: Pool) -> None:
+    for w in pool.workers:
+        w.stop()
+
+
+def run(ctx: SearchContext, options: dict[str, Any]) -> None:
+    """Drive the search to its budget with ``concurrency`` local worker processes."""
+    progress = options.get("progress")
+    pool: Pool = options.get("prepared") or prepare(ctx.job, options)
+    workers, threads = pool.workers, pool.threads
     try:
         while True:
             # Hand trials to idle workers.
@@ -171,7 +164,7 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
                     kind, number, payload = conn.recv()
                 except (EOFError, OSError):
                     _worker_died(ctx, w, progress)
-                    w.spawn(mpctx)
+                    w.spawn()
                     continue
                 if kind == "ready":
                     w.ready = True
@@ -189,8 +182,7 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
             if progress:
                 progress.tick()
     finally:
-        for w in workers:
-            w.stop()
+        shutdown(pool)
 
 
 def _finish(ctx: SearchContext, number: int, outcome: TrialOutcome, progress: Any) -> None:
@@ -206,9 +198,16 @@ def _finish(ctx: SearchContext, number: int, outcome: TrialOutcome, progress: An
 def _worker_died(ctx: SearchContext, w: Worker, progress: Any) -> None:
     """A worker process vanished (killed, host OOM): its trial is FAILED, the search goes on."""
     plan, w.plan = w.plan, None
+    if w.conn is not None:
+        w.conn.close()
+        w.conn = None
+    code = None
     if w.process is not None:
-        w.process.join(timeout=5)
-    code = w.process.exitcode if w.process is not None else None
+        try:
+            code = w.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            w.process.kill()
+            code = w.process.wait(timeout=5)
     if plan is None or plan.number not in ctx.running:
         return
     sig = -code if code is not None and code < 0 else None
