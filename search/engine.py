@@ -392,6 +392,9 @@ class SearchContext:
         self.tracker.set_tags(plan.run_id, tags)
         for k, v in tags.items():
             self.study._storage.set_trial_user_attr(plan.trial_id, k, v)
+        # What the worker actually built, so anyone can check the sample reached the trainer.
+        built = {k: info[k] for k in ("n_heads", "head_dim", "n_encoder_layers", "n_decoder_layers", "n_params") if k in info}
+        self.study._storage.set_trial_user_attr(plan.trial_id, "built", built)
 
     def on_report(self, number: int, epoch: int, metrics: dict[str, float], decide: bool = True) -> bool:
         """Log an epoch; with ``decide`` ask the Optuna pruner whether to stop the trial."""

@@ -17,6 +17,9 @@ TATOEBA = REPO.parent / "shared" / "data" / "tatoeba-cmn-eng" / "cmn.txt"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# In-process searches reuse warm local workers (no torch import per search).
+os.environ.setdefault("ATTNTUNE_KEEP_WORKERS", "1")
 
 
 def tiny_job(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def tiny_job(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
         "concurrency": 1,
         "seed": 0,
         "model": {"d_ff": 64, "dropout": 0.0},
-        "train": {"batch_size": 64, "warmup_steps": 5, "bleu_samples": 8, "max_steps_per_epoch": 8},
+        "train": {"batch_size": 64, "warmup_steps": 5, "bleu_samples": 8, "max_steps_per_epoch": 6},
     }
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(job.get(k), dict) and k != "space":
@@ -71,3 +74,29 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def sqlite_uri(folder: Path) -> str:
     return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, freshly migrated MLflow SQLite store, made once per session: a new store runs
+    MLflow's schema migrations (seconds), so each test gets a copy of this one instead."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    MlflowClient(sqlite_uri(folder)).search_experiments()
+    return folder / "mlflow.db"
+
+
+def fresh_store(template: Path, folder: Path) -> str:
+    """Copy the migrated template store into ``folder``; returns its tracking URI."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, folder / "mlflow.db")
+    return sqlite_uri(folder)
+
+
+@pytest.fixture
+def store(mlflow_template: Path, tmp_path: Path) -> str:
+    """A fresh real MLflow store (SQLite) in this test's tmp folder."""
+    return fresh_store(mlflow_template, tmp_path)

@@ -8,6 +8,7 @@ pinned to its own device slot with ``CUDA_VISIBLE_DEVICES`` set before torch is 
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -111,12 +112,22 @@ def visible_gpus() -> list[str]:
 class Pool:
     workers: list[Worker]
     threads: int
+    key: tuple = ()
+
+
+KEEP_WORKERS_ENV = "ATTNTUNE_KEEP_WORKERS"
+_WARM: dict[tuple, Pool] = {}
 
 
 def prepare(job: Any, options: dict[str, Any]) -> Pool:
     """Start the workers early: they import torch and load the data while the driver opens the
-    study and MLflow (called by run_search before SearchContext.open)."""
+    study and MLflow (called by run_search before SearchContext.open).
+
+    With ``ATTNTUNE_KEEP_WORKERS=1`` idle workers outlive a search and serve the next one in the
+    same Python process (notebooks, test suites): no second torch import per search.
+    """
     from attntune.model.config import to_dict
+    from attntune.search.worker import FAULTS_ENV
 
     gpu_ids: list[str] | None = options.get("gpus")
     if gpu_ids is None and job.resources.gpus > 0:
@@ -126,16 +137,42 @@ def prepare(job: Any, options: dict[str, Any]) -> Pool:
     threads = cpu_threads_per_trial(job)
     envs = device_slots(n_workers, gpus_per_trial, gpu_ids)
     base_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    key = (threads, tuple(tuple(sorted(e.items())) for e in envs), os.environ.get(FAULTS_ENV, ""))
+    warm = _WARM.pop(key, None)
+    if warm is not None and all(w.conn is not None and w.process.poll() is None for w in warm.workers):
+        return warm
+    if warm is not None:
+        _stop(warm)
     task = to_dict(job.base.task)
     workers = [Worker(i, {**base_env, **env}, task=task) for i, env in enumerate(envs)]
     for w in workers:
         w.spawn()
-    return Pool(workers, threads)
+    pool = Pool(workers, threads, key)
+    return pool
+
+
+def _stop(pool: Pool) -> None:
+    for w in pool.workers:
+        w.stop()
 
 
 def shutdown(pool: Pool) -> None:
-    for w in pool.workers:
-        w.stop()
+    """Stop the workers, or keep idle ones warm for the next search (ATTNTUNE_KEEP_WORKERS=1)."""
+    keep = os.environ.get(KEEP_WORKERS_ENV) == "1"
+    if keep and all(w.plan is None and w.conn is not None for w in pool.workers):
+        old = _WARM.pop(pool.key, None)
+        if old is not None and old is not pool:
+            _stop(old)
+        _WARM[pool.key] = pool
+        return
+    _stop(pool)
+
+
+@atexit.register
+def _stop_warm() -> None:
+    for pool in _WARM.values():
+        _stop(pool)
+    _WARM.clear()
 
 
 def run(ctx: SearchContext, options: dict[str, Any]) -> None:
