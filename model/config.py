@@ -215,8 +215,8 @@ class ModelConfig(_Validated):
 
     d_model: int = 128
     n_heads: int = 4
-    n_encoder_layers: int = 2
-    n_decoder_layers: int = 2
+    n_encoder_layers: int = 1
+    n_decoder_layers: int = 1
     d_ff: int = 512
     dropout: float = 0.1
     norm_first: bool = True
@@ -253,7 +253,7 @@ class ModelConfig(_Validated):
 class TrainConfig(_Validated):
     """How one model is trained. ``lr`` is the peak learning rate, reached at the end of warmup."""
 
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 200
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
     weight_decay: float = 0.01

@@ -8,6 +8,11 @@ Speed comes from a fused QKV projection, one key-padding mask per forward pass s
 (right-padded targets need no target padding mask under a causal mask: a real token never attends to
 a later padding token).
 
+Dropout is placed as in the paper (section 5.4): on the sums of embeddings and positions and on every
+sub-layer output before the residual addition. ``torch.nn.Transformer`` also drops attention weights
+and FFN activations; we do not, which keeps PyTorch's fused CPU attention kernel usable in training
+(it has no dropout) and saves random draws, which are slow on CPU.
+
 Shapes: B batch, S source length, T target length, D d_model, H heads, Dh head_dim, V vocabulary.
 No I/O here; see ``attntune.model.checkpoint`` for saving and loading.
 """
@@ -42,11 +47,10 @@ class MultiHeadAttention(nn.Module):
     the decoder and K, V (fused, (D, 2D)) from the encoder memory, once per sequence when decoding.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, cross: bool = False):
+    def __init__(self, d_model: int, n_heads: int, cross: bool = False):
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
-        self.dropout = dropout
         self.cross = cross
         if cross:
             self.q_proj = nn.Linear(d_model, d_model)
@@ -84,24 +88,21 @@ class MultiHeadAttention(nn.Module):
                     k = torch.cat([cache["k"], k], dim=2)
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )  # (B, H, T, Dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, Dh)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D)."""
+    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> Linear(d_ff, D)."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
+    def __init__(self, d_model: int, d_ff: int):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, D)
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, D) -> (B, L, d_ff) -> (B, L, D)
+        return self.linear2(F.relu(self.linear1(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -110,8 +111,8 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -130,9 +131,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cross=True)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cross=True)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.norm3 = nn.LayerNorm(cfg.d_model)

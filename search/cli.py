@@ -264,14 +264,123 @@ def export(
     )
 
 
+# --------------------------------------------------------------------------- submit / jobs (docs/scale-out.md)
+
+JobsAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray dashboard of the cluster, e.g. http://HOST:8265 (default: RAY_ADDRESS; without either, local jobs).",
+    ),
+]
+
+
+@app.command()
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="Search job YAML.")],
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray dashboard, e.g. http://HOST:8265; without it the search runs detached here."),
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    output: OutputOpt = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL, e.g. postgresql://...")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="optuna or ray (default: ray with --address).")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Local jobs: devices to use, e.g. 0,1.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+) -> None:
+    """Submit a search as a Ray job (--address) or start it detached here; prints the job id."""
+    from attntune.search.submit import submit as submit_search
+
+    done = submit_search(
+        job_file,
+        address=address,
+        tracking_uri=tracking_uri,
+        output=output,
+        storage=storage,
+        backend=backend,
+        gpus=gpus,
+        report=not no_report,
+    )
+    print(done.job_id)
+    where = f" --address {address}" if address else ""
+    extra = f"; log: {done.log}" if done.log else ""
+    print(f"submitted; follow it with `attntune jobs logs {done.job_id}{where} --follow`{extra}", file=sys.stderr)
+
+
+jobs_app = typer.Typer(
+    help="List, inspect, follow and stop submitted searches (`attntune submit`).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(address: JobsAddressOpt = None) -> None:
+    """Submitted jobs: the cluster's (--address / RAY_ADDRESS) and this folder's local ones."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from attntune.search.submit import format_time, job_rows
+
+    rows = job_rows(address)
+    table = Table(title=f"{len(rows)} jobs")
+    for c in ("id", "status", "job", "started", "ended", "where"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r["id"], r["status"], r["job"], format_time(r["start"]), format_time(r["end"]), r["where"])
+    Console(width=200).print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by `attntune submit`.")],
+    address: JobsAddressOpt = None,
+) -> None:
+    """Print a job's status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    from attntune.search.submit import job_status
+
+    status, message = job_status(job_id, address)
+    print(status)
+    if message and status == "FAILED":
+        print(message.strip().splitlines()[-1], file=sys.stderr)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by `attntune submit`.")],
+    address: JobsAddressOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's output (the search's progress lines and errors)."""
+    from attntune.search.submit import job_logs
+
+    job_logs(job_id, address, follow)
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by `attntune submit`.")],
+    address: JobsAddressOpt = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is sent.")] = False,
+) -> None:
+    """Stop a job with SIGTERM: its running trials end KILLED; `attntune resume` continues it."""
+    from attntune.search.submit import job_stop
+
+    print(job_stop(job_id, address, wait=not no_wait))
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from attntune.model.config import ConfigError
-    from attntune.model.data import DataError
 
-    return (ConfigError, DataError, UsageError)
+    # A DataError exists only if attntune.model.data was imported: importing it here would load
+    # torch (seconds) just to print a job file's error line.
+    data = sys.modules.get("attntune.model.data")
+    return (ConfigError, UsageError) + ((data.DataError,) if data is not None else ())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,10 +18,15 @@ running when the driver died -> RUNNING in Optuna (rerun on resume), KILLED in M
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import signal
 import socket
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,30 @@ MAX_CONSECUTIVE_INFEASIBLE = 200
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_RUN = "mlflow_run_id"
 ATTR_STATE = "attntune_state"
+DRIVER_FAULT_ENV = "ATTNTUNE_DRIVER_FAULT"
+
+
+def driver_fault(point: str, number: int | None = None) -> None:
+    """Test-only hook (docs/RELIABILITY.md): ``ATTNTUNE_DRIVER_FAULT=POINT[@TRIAL]`` SIGKILLs the
+    driver at a named point between two writes of one record, a window too short to hit from
+    outside. Points: parent, infeasible, asked, run, finishing, ended, told."""
+    spec = os.environ.get(DRIVER_FAULT_ENV)
+    if not spec:
+        return
+    name, _, at = spec.partition("@")
+    if name == point and (not at or (number is not None and int(at) == number)):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _recorded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` as one record: a SIGTERM or Ctrl-C arriving meanwhile takes effect after it."""
+
+    @functools.wraps(method)
+    def wrapper(self: SearchContext, *args: Any, **kwargs: Any) -> Any:
+        with self.recording():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def run_name(number: int, cfg: RunConfig) -> str:
@@ -90,6 +119,9 @@ class TrialPlan:
             "attempt": self.attempt,
             "threads": threads,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+            # Epochs the driver already holds: a retry resumed from a later checkpoint reports the
+            # ones in between (checkpointed, but their report was lost with the failed attempt).
+            "seen_epoch": max((int(h["epoch"]) for h in self.history), default=0),
         }
 
 
@@ -112,6 +144,14 @@ class SearchContext:
         self.pending_reruns: list[TrialPlan] = []
         self.n_launched = 0
         self.interrupted: str | None = None
+        self._recording = 0
+        self._deferred_signal: int | None = None
+        # Several drivers may share one study (``--join``): each has an id, recorded on its trials
+        # and in the study's user attrs (``driver.<id>``) so the last one to finish ends the parent.
+        self.driver_id = uuid.uuid4().hex[:10]
+        self.max_tokens = 1
+        self.memory_limit: tuple[int, str] | None = None
+        self.memory_on_gpu = False
 
     # ------------------------------------------------------------------ opening
     def open(self) -> None:
@@ -128,6 +168,11 @@ class SearchContext:
         self.vocab = (data.src_vocab_size, data.tgt_vocab_size)
         self.data_license = " ".join(x for x in (data.license, data.attribution) if x) or None
         self.data_fingerprint = data.fingerprint
+        from attntune.search.memory import longest_sequence, trial_memory_limit, trial_on_gpu
+
+        self.max_tokens = longest_sequence(data)
+        self.memory_limit = trial_memory_limit(self.job)
+        self.memory_on_gpu = trial_on_gpu(self.job)
         exists = self._study_exists()
         if (self.resume or self.join) and not exists:
             raise ConfigError(f"{self.job.name}: no search to resume in {self.job.output} (run it first)")
@@ -145,9 +190,10 @@ class SearchContext:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         strategy = STRATEGIES.get(self.job.strategy)
         n_trials = self.n_trials_target()
-        sampler = strategy.make_sampler(
-            SamplerContext(self.job.space, self.job.seed, n_trials, self.job.concurrency)
-        )
+        # A joined driver samples with its own seed: the same seed would replay the first
+        # driver's samples (random and TPE start-up trials) and train the same configs twice.
+        seed = self.job.seed if not self.join else self.job.seed + 1 + int(self.driver_id, 16) % 1_000_003
+        sampler = strategy.make_sampler(SamplerContext(self.job.space, seed, n_trials, self.job.concurrency))
         pruner = SCHEDULERS.get(self.job.scheduler).optuna_pruner(self.job.budget)
         direction = "minimize" if self.job.mode == "min" else "maximize"
         self.study = optuna.create_study(
@@ -159,13 +205,61 @@ class SearchContext:
             load_if_exists=True,
         )
         experiment.result()
+        n_before = len(self.study.get_trials(deepcopy=False)) if self.resume else 0
+        if n_before:
+            # A resumed sampler with the job's seed would replay the first session's draws
+            # (random and TPE start-up trials) and train the same configs again.
+            self.study.sampler = strategy.make_sampler(
+                SamplerContext(self.job.space, seed + n_before, n_trials, self.job.concurrency)
+            )
         attrs = self.study.user_attrs
+        if self.join:
+            self._check_joinable(attrs)
         if ATTR_PARENT in attrs:
             self.parent_run_id = attrs[ATTR_PARENT]
             self.tracker.reopen_run(self.parent_run_id)
-            self._collect_reruns()
+            # Only a resume reruns RUNNING trials: in a shared study they may be another live
+            # driver's (``--join``), which must never be trained twice.
+            if self.resume:
+                self._collect_reruns()
+                for other in self.other_drivers_running():  # a resume takes over from dead drivers
+                    self.study.set_user_attr(f"driver.{other}", {**attrs[f"driver.{other}"], "state": "lost"})
         else:
             self._start_parent()
+        self._set_driver_state("running")
+
+    def _check_joinable(self, attrs: dict[str, Any]) -> None:
+        """A joined driver must log to the parent run's server and search the same space."""
+        ours = self.job.tracking.resolved_uri()
+        theirs = attrs.get("tracking_uri")
+        if theirs and theirs.rstrip("/") != ours.rstrip("/"):
+            raise ConfigError(
+                f"--join: the study {self.job.name!r} logs to {theirs}, this driver to {ours}; "
+                f"use --tracking-uri {theirs}"
+            )
+        for key, mine in (("metric", self.job.metric), ("space_fingerprint", self.job.space.fingerprint())):
+            if attrs.get(key) not in (None, mine):
+                raise ConfigError(f"--join: the shared study has {key} {attrs[key]!r}, this job {mine!r}")
+
+    def _set_driver_state(self, state: str) -> None:
+        self.study.set_user_attr(
+            f"driver.{self.driver_id}",
+            {"host": socket.gethostname(), "pid": os.getpid(), "state": state, "time": time.time()},
+        )
+
+    def other_drivers_running(self) -> list[str]:
+        """Ids of other drivers of this study still running (this host's are checked by pid)."""
+        host = socket.gethostname()
+        out = []
+        for key, v in self.study.user_attrs.items():
+            if not key.startswith("driver.") or key == f"driver.{self.driver_id}" or not isinstance(v, dict):
+                continue
+            if v.get("state") != "running":
+                continue
+            if v.get("host") == host and not _pid_alive(int(v.get("pid", 0))):
+                continue
+            out.append(key[len("driver."):])
+        return out
 
     def _study_exists(self) -> bool:
         import optuna
@@ -185,7 +279,7 @@ class SearchContext:
             TAG_KIND: "search",
             TAG_JOB: job.name,
             "attntune.output": str(job.output),
-            "attntune.storage": self.storage,
+            "attntune.storage": _hide_password(self.storage),
             "attntune.host": socket.gethostname(),
             "data.fingerprint": self.data_fingerprint or "",
             "mlflow.note.content": (
@@ -195,40 +289,139 @@ class SearchContext:
         }
         if self.data_license:
             tags[TAG_LICENSE] = self.data_license
-        self.parent_run_id = self.tracker.create_run(
-            f"search {job.name}",
-            tags=tags,
-            params={k: v for k, v in job.settings().items() if v is not None},
-        )
-        self.tracker.log_text(self.parent_run_id, job.source_text or "", "job.yaml")
-        import yaml
-
-        self.tracker.log_text(self.parent_run_id, yaml.safe_dump(job.space.to_dict(), sort_keys=False), "space.yaml")
-        self.study.set_user_attr(ATTR_PARENT, self.parent_run_id)
+        # The study's attributes first: a driver killed before the parent run is recorded leaves
+        # a study that `attntune resume FOLDER` can still open (it needs job_yaml).
         self.study.set_user_attr("job_name", job.name)
         self.study.set_user_attr("job_yaml", job.source_text)
         self.study.set_user_attr("metric", job.metric)
+        self.study.set_user_attr("space_fingerprint", job.space.fingerprint())
         self.study.set_user_attr("mode", job.mode)
         self.study.set_user_attr("strategy", job.strategy)
         self.study.set_user_attr("scheduler", job.scheduler)
         self.study.set_user_attr("backend", job.backend)
         self.study.set_user_attr("tracking_uri", self.job.tracking.resolved_uri())
         self.study.set_user_attr("experiment_id", self.tracker.experiment_id)
-        self.study.set_user_attr("started_at", self.started)
+        if "started_at" not in self.study.user_attrs:
+            self.study.set_user_attr("started_at", self.started)
+        params = {k: v for k, v in job.settings().items() if v is not None}
+        orphan = self._orphan_parent() if self.resume else None
+        if orphan is not None:  # created by a driver killed before it could record it: adopt it
+            self.parent_run_id = orphan
+            self.tracker.set_tags(orphan, tags)
+            self.tracker.log_params(orphan, params)
+        else:
+            self.parent_run_id = self.tracker.create_run(f"search {job.name}", tags=tags, params=params)
+        driver_fault("parent")
+        self.tracker.log_text(self.parent_run_id, job.source_text or "", "job.yaml")
+        import yaml
+
+        self.tracker.log_text(self.parent_run_id, yaml.safe_dump(job.space.to_dict(), sort_keys=False), "space.yaml")
+        self.study.set_user_attr(ATTR_PARENT, self.parent_run_id)
+
+    def _find_runs(self, filter_string: str) -> list[Any]:
+        assert self.tracker is not None
+        exp = self.tracker.experiment_id
+        return self.tracker.call(lambda c: c.search_runs([exp], filter_string, max_results=1000))
+
+    def _orphan_parent(self) -> str | None:
+        """The parent run of this study's search that a killed driver created but never recorded."""
+        storage = _hide_password(self.storage)
+        if "'" in storage:
+            return None
+        since_ms = float(self.study.user_attrs.get("started_at", 0.0)) * 1000 - 5000
+        runs = self._find_runs(f"tags.`{TAG_KIND}` = 'search' and tags.`attntune.storage` = '{storage}'")
+        runs = [r for r in runs if r.info.status == "RUNNING" and r.info.start_time >= since_ms]
+        return max(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
+
+    def _orphan_child(self, number: int) -> str | None:
+        """Trial ``number``'s child run, created by a killed driver that never recorded it."""
+        runs = self._find_runs(
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{number}'"
+        )
+        return min(runs, key=lambda r: r.info.start_time).info.run_id if runs else None
 
     def _collect_reruns(self) -> None:
-        """Trials left RUNNING by a dead driver are rerun on their existing child runs."""
+        """Trials a dead driver left RUNNING in Optuna are rerun on their existing child runs.
+
+        The driver may have died between any two writes: a child run it created but never
+        recorded is found in MLflow (tagged with the trial number) and adopted; a trial sampled
+        but never given a run gets one now (its missing parameters sampled, and never trained if
+        infeasible); an infeasible trial half-recorded is recorded, not trained. Finished trials
+        whose MLflow run is still RUNNING (writes lost with the driver) are ended as Optuna says.
+        """
         import optuna
 
+        from attntune.model.transformer import n_params
+
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            run_id = t.user_attrs.get(ATTR_RUN)
-            cfg = make_config(self.job.base, t.params) if t.params else None
-            if run_id is None or cfg is None:
-                self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            attrs = t.user_attrs
+            run_id = attrs.get(ATTR_RUN) or self._orphan_child(t.number)
+            if attrs.get(ATTR_STATE) == INFEASIBLE or attrs.get(ATTR_RUN) is None:
+                trial = optuna.trial.Trial(self.study, t._trial_id)
+            if attrs.get(ATTR_STATE) == INFEASIBLE:
+                values = dict(t.params)
+                try:
+                    cfg: RunConfig | None = make_config(self.job.base, values)
+                except ConfigError:
+                    cfg = None
+                reason = str(attrs.get("failure", "infeasible"))
+                self._record_infeasible(trial, values, cfg, reason, attrs.get("n_params"), run_id=run_id)
                 continue
-            attempt = int(t.user_attrs.get("attempts", 1)) + 1
-            plan = TrialPlan(t.number, t._trial_id, dict(t.params), cfg, int(t.user_attrs.get("n_params", 0)), run_id, attempt)
+            if attrs.get(ATTR_RUN) is None:  # never started: complete the sample, check it, start it
+                values = self.job.space.sample(trial)  # parameters already drawn come back as they were
+                try:
+                    cfg = make_config(self.job.base, values)
+                except ConfigError as e:
+                    self._record_infeasible(trial, values, None, f"invalid config: {e.line()}", run_id=run_id)
+                    continue
+                count = n_params(cfg.model, *self.vocab)
+                reason = self._infeasible_reason(cfg, count)
+                if reason is not None:
+                    self._record_infeasible(trial, values, cfg, reason, count, run_id=run_id)
+                    continue
+                plan = self._start_trial(trial, values, cfg, count, run_id=run_id)
+                self.running.pop(plan.number)
+                self.n_launched -= 1
+                self.pending_reruns.append(plan)
+                continue
+            cfg = make_config(self.job.base, t.params)
+            attempt = int(attrs.get("attempts", 1)) + 1
+            plan = TrialPlan(t.number, t._trial_id, dict(t.params), cfg, int(attrs.get("n_params", 0)), run_id, attempt)
+            if attrs.get(ATTR_STATE) is not None:  # killed while recording its end: the rerun decides
+                for k in (ATTR_STATE, "failure", "failure_kind", "stopped_epoch"):
+                    if k in attrs:
+                        self.study._storage.set_trial_user_attr(t._trial_id, k, None)
             self.pending_reruns.append(plan)
+        self._end_finished_runs()
+
+    def _infeasible_reason(self, cfg: RunConfig, count: int) -> str | None:
+        """Why a config must not be trained (the checks ``next_trial`` makes), or None."""
+        if self.job.max_params is not None and count > self.job.max_params:
+            return f"n_params={count} exceeds max_params={int(self.job.max_params)}"
+        from attntune.search.memory import memory_problem
+
+        return memory_problem(cfg, self.vocab, self.max_tokens, self.memory_limit, cuda=self.memory_on_gpu)
+
+    def _end_finished_runs(self) -> None:
+        """Child runs still RUNNING in MLflow whose trials Optuna has finished: end them as Optuna says."""
+        from attntune.search.results import state_of
+
+        assert self.tracker is not None
+        runs = self._find_runs(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and attributes.status = 'RUNNING'")
+        if not runs:
+            return
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for r in runs:
+            t = trials.get(int(r.data.tags.get(TAG_TRIAL, -1)))
+            if t is None or not t.state.is_finished():
+                continue
+            state = state_of(t)
+            tags: dict[str, Any] = {TAG_STATE: state, "epochs_run": t.user_attrs.get("epochs_run", 0)}
+            if t.user_attrs.get("failure"):
+                tags["failure_reason"] = t.user_attrs["failure"]
+                tags["failure_kind"] = t.user_attrs.get("failure_kind") or ""
+            self.tracker.set_tags(r.info.run_id, tags)
+            self.tracker.end_run(r.info.run_id, "FAILED" if state == FAILED else "FINISHED")
 
     # ------------------------------------------------------------------ budget
     def n_trials_target(self) -> int:
@@ -238,23 +431,23 @@ class SearchContext:
         return n
 
     def n_counted(self) -> int:
-        """Trials that used budget: finished (not infeasible) plus running."""
-        import optuna
-
+        """Trials that used budget: finished (not infeasible) plus every RUNNING trial in the
+        study, this driver's and, in a shared study (``--join``), the other drivers'. A rerun
+        waiting in ``pending_reruns`` is RUNNING in the study, so it is counted once."""
         done = 0
         for t in self.study.get_trials(deepcopy=False):
-            if t.state == optuna.trial.TrialState.RUNNING:
-                continue
             if t.user_attrs.get(ATTR_STATE) == INFEASIBLE:
                 continue
             done += 1
-        return done + len(self.running)
+        return done
 
     def time_left(self) -> float | None:
         limit = self.job.budget.time_limit_s
         if limit is None:
             return None
         start = float(self.study.user_attrs.get("started_at", self.started)) if self.study else self.started
+        if self.join:  # a joined driver shares the first driver's clock
+            return limit - (time.time() - start)
         # Resumed searches count from this session's start plus what earlier sessions used.
         used = time.time() - max(start, self.started) + float(self.study.user_attrs.get("time_used_s", 0.0))
         return limit - used
@@ -271,6 +464,7 @@ class SearchContext:
         return not self.running and not self.can_launch()
 
     # ------------------------------------------------------------------ planning trials
+    @_recorded
     def next_trial(self) -> TrialPlan | None:
         """The next trial to run: a rerun first, else a new feasible sample (or None)."""
 
@@ -290,6 +484,7 @@ class SearchContext:
         infeasible_streak = 0
         while True:
             trial = self.study.ask()
+            driver_fault("asked", trial.number)
             values = self.job.space.sample(trial)
             try:
                 cfg = make_config(self.job.base, values)
@@ -306,6 +501,18 @@ class SearchContext:
                     raise ConfigError(
                         f"space: {infeasible_streak} samples in a row exceed max_params={self.job.max_params:g}; "
                         "lower the model sizes or raise max_params"
+                    )
+                continue
+            from attntune.search.memory import memory_problem
+
+            too_big = memory_problem(cfg, self.vocab, self.max_tokens, self.memory_limit, cuda=self.memory_on_gpu)
+            if too_big is not None:
+                self._record_infeasible(trial, values, cfg, too_big, count)
+                infeasible_streak += 1
+                if infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
+                    raise ConfigError(
+                        f"space: {infeasible_streak} samples in a row exceed the memory limit "
+                        f"({self.memory_limit[1] if self.memory_limit else ''}); lower batch or model sizes"
                     )
                 continue
             plan = self._start_trial(trial, values, cfg, count)
@@ -327,19 +534,27 @@ class SearchContext:
             TAG_SEARCH: self.parent_run_id,
             TAG_JOB: self.job.name,
             "attntune.backend": self.job.backend,
+            "attntune.driver": self.driver_id,
         }
         if self.data_license:
             tags[TAG_LICENSE] = self.data_license
         return tags
 
-    def _start_trial(self, trial: Any, values: dict[str, Any], cfg: RunConfig, count: int) -> TrialPlan:
+    def _start_trial(
+        self, trial: Any, values: dict[str, Any], cfg: RunConfig, count: int, run_id: str | None = None
+    ) -> TrialPlan:
         assert self.tracker is not None
-        run_id = self.tracker.create_run(
-            run_name(trial.number, cfg),
-            parent_run_id=self.parent_run_id,
-            tags={**self._base_tags(trial.number, "RUNNING"), "attempts": 1},
-            params=self._child_params(values, cfg, count),
-        )
+        tags = {**self._base_tags(trial.number, "RUNNING"), "attempts": 1}
+        params = self._child_params(values, cfg, count)
+        if run_id is not None:  # created by a driver killed before it recorded it (resume)
+            self.tracker.reopen_run(run_id)
+            self.tracker.set_tags(run_id, tags)
+            self.tracker.log_params(run_id, params)
+        else:
+            run_id = self.tracker.create_run(
+                run_name(trial.number, cfg), parent_run_id=self.parent_run_id, tags=tags, params=params
+            )
+        driver_fault("run", trial.number)
         trial.set_user_attr(ATTR_RUN, run_id)
         trial.set_user_attr("n_params", count)
         trial.set_user_attr("head_dim", cfg.model.head_dim)
@@ -351,7 +566,15 @@ class SearchContext:
         self.n_launched += 1
         return plan
 
-    def _record_infeasible(self, trial: Any, values: dict[str, Any], cfg: RunConfig | None, reason: str, count: int | None = None) -> None:
+    def _record_infeasible(
+        self,
+        trial: Any,
+        values: dict[str, Any],
+        cfg: RunConfig | None,
+        reason: str,
+        count: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
         import optuna
 
         assert self.tracker is not None
@@ -361,12 +584,13 @@ class SearchContext:
             trial.set_user_attr("n_params", count)
         name = run_name(trial.number, cfg) if cfg else f"t{trial.number:03d} invalid"
         params = self._child_params(values, cfg, count or 0) if cfg else dict(values)
-        run_id = self.tracker.create_run(
-            name,
-            parent_run_id=self.parent_run_id,
-            tags={**self._base_tags(trial.number, INFEASIBLE), "failure_reason": reason, "failure_kind": "infeasible"},
-            params=params,
-        )
+        tags = {**self._base_tags(trial.number, INFEASIBLE), "failure_reason": reason, "failure_kind": "infeasible"}
+        if run_id is not None:  # created by a driver killed before it recorded it (resume)
+            self.tracker.set_tags(run_id, tags)
+            self.tracker.log_params(run_id, params)
+        else:
+            run_id = self.tracker.create_run(name, parent_run_id=self.parent_run_id, tags=tags, params=params)
+        driver_fault("infeasible", trial.number)
         trial.set_user_attr(ATTR_RUN, run_id)
         self.tracker.end_run(run_id, "FINISHED")
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -377,6 +601,7 @@ class SearchContext:
 
         return optuna.trial.Trial(self.study, plan.trial_id)
 
+    @_recorded
     def on_start(self, number: int, info: dict[str, Any]) -> None:
         plan = self.running[number]
         plan.info = dict(info)
@@ -385,7 +610,7 @@ class SearchContext:
             "device": info.get("device", ""),
             "cuda_visible_devices": info.get("cuda_visible_devices", ""),
         }
-        for k in ("node_id", "worker"):
+        for k in ("node_id", "worker", "gpu_ids"):
             if k in info:
                 tags[k] = info[k]
         assert self.tracker is not None
@@ -396,6 +621,7 @@ class SearchContext:
         built = {k: info[k] for k in ("n_heads", "head_dim", "n_encoder_layers", "n_decoder_layers", "n_params") if k in info}
         self.study._storage.set_trial_user_attr(plan.trial_id, "built", built)
 
+    @_recorded
     def on_report(self, number: int, epoch: int, metrics: dict[str, float], decide: bool = True) -> bool:
         """Log an epoch; with ``decide`` ask the Optuna pruner whether to stop the trial."""
         plan = self.running[number]
@@ -414,6 +640,7 @@ class SearchContext:
             return False
         return bool(trial.should_prune())
 
+    @_recorded
     def on_finish(self, number: int, outcome: Any) -> str:
         """Record a finished trial everywhere; returns the final state."""
         import optuna
@@ -450,6 +677,7 @@ class SearchContext:
             attrs["stopped_epoch"] = outcome.epochs_run
         for k, v in attrs.items():
             storage.set_trial_user_attr(tid, k, v)
+        driver_fault("finishing", number)
         tags: dict[str, Any] = {TAG_STATE: state, "epochs_run": outcome.epochs_run}
         if state == PRUNED:
             tags["stopped_epoch"] = outcome.epochs_run
@@ -459,15 +687,21 @@ class SearchContext:
         self.tracker.set_tags(plan.run_id, tags)
         if best is not None:
             self.tracker.log_metrics(plan.run_id, {f"best_{self.job.metric}": best}, step=outcome.epochs_run)
+        self.tracker.end_run(plan.run_id, "FAILED" if state == FAILED else "FINISHED")
+        # MLflow holds the whole trial (every epoch's metrics) before Optuna calls it finished:
+        # resume trusts Optuna, so a driver killed after the tell loses nothing.
+        self.tracker.flush()
+        driver_fault("ended", number)
         if state == COMPLETE:
             self.study.tell(number, best)
         elif state == PRUNED:
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-        self.tracker.end_run(plan.run_id, "FAILED" if state == FAILED else "FINISHED")
+        driver_fault("told", number)
         return state
 
+    @_recorded
     def retry(self, number: int, outcome: Any) -> TrialPlan | None:
         """A failed trial with retries left goes back in the queue on the same child run."""
         plan = self.running.get(number)
@@ -492,21 +726,69 @@ class SearchContext:
         """The driver is going down: end running trials' runs KILLED; Optuna keeps them RUNNING
         so ``resume`` reruns them on the same child runs."""
         assert self.tracker is not None
-        for plan in list(self.running.values()):
+        # Reruns not started yet (after a crash or a retry) have RUNNING runs too.
+        for plan in [*self.running.values(), *self.pending_reruns]:
             self.tracker.set_tags(plan.run_id, {TAG_STATE: "KILLED"})
             self.tracker.end_run(plan.run_id, status)
         self.running.clear()
+
+    def _drop_pending_reruns(self) -> None:
+        """The search ended (time limit) before trials left by a dead driver were rerun: they
+        are FAILED (``failure_kind=killed``), their runs KILLED; nothing stays RUNNING."""
+        import optuna
+
+        assert self.tracker is not None
+        why = "the driver was killed during this trial and the search ended before it could be rerun"
+        for plan in self.pending_reruns:
+            for k, v in {ATTR_STATE: FAILED, "failure": why, "failure_kind": "killed", "end_time": time.time()}.items():
+                self.study._storage.set_trial_user_attr(plan.trial_id, k, v)
+            tags = {TAG_STATE: FAILED, "failure_reason": why, "failure_kind": "killed"}
+            self.tracker.set_tags(plan.run_id, tags)
+            self.tracker.end_run(plan.run_id, "KILLED")
+            self.tracker.flush()
+            self.study.tell(plan.number, state=optuna.trial.TrialState.FAIL)
+        self.pending_reruns.clear()
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Writing one record (a trial's start, report, end): run_search's SIGTERM/SIGINT handlers
+        ask ``defer_signal`` first, so a signal never leaves a record half-written."""
+        self._recording += 1
+        try:
+            yield
+        finally:
+            self._recording -= 1
+            if self._recording == 0 and self._deferred_signal is not None:
+                signum, self._deferred_signal = self._deferred_signal, None
+                signal.raise_signal(signum)  # the handler runs again, now between records
+
+    def defer_signal(self, signum: int) -> bool:
+        """True (and the signal remembered) while a record is being written."""
+        if self._recording:
+            self._deferred_signal = signum
+            return True
+        return False
 
     def finish(self, status: str = "FINISHED") -> Any:
         """Write results.csv and the parent's summary; returns the results table."""
         from attntune.search.results import results_table, summary_metrics
 
         assert self.tracker is not None and self.parent_run_id is not None
-        used = float(self.study.user_attrs.get("time_used_s", 0.0)) + (time.time() - self.started)
-        self.study.set_user_attr("time_used_s", used)
+        if status == "FINISHED" and self.pending_reruns:
+            self._drop_pending_reruns()
+        self._set_driver_state("finished" if status == "FINISHED" else status.lower())
         table = results_table(self.study)
         out = self.job.output / "results.csv"
         table.to_csv(out, index=False)
+        if self.other_drivers_running():
+            # A shared study (--join): the last driver to finish writes the summary and ends the
+            # parent run; each driver marks itself finished before looking, so one always does.
+            return table
+        if self.join:
+            used = time.time() - float(self.study.user_attrs.get("started_at", self.started))
+        else:
+            used = float(self.study.user_attrs.get("time_used_s", 0.0)) + (time.time() - self.started)
+        self.study.set_user_attr("time_used_s", used)
         metrics = summary_metrics(table, self.job.metric, self.job.mode)
         metrics["wall_seconds"] = used
         self.tracker.log_metrics(self.parent_run_id, metrics, step=0)
@@ -519,6 +801,34 @@ class SearchContext:
 
     def close(self) -> list[str]:
         return self.tracker.close() if self.tracker else []
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live, non-zombie process on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _hide_password(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (for tags)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _flat_config(cfg: RunConfig) -> dict[str, Any]:

@@ -86,10 +86,15 @@ class Resources(_Validated):
 
     cpus: float = 1.0
     gpus: float = 0.0
+    # Memory one trial may use (GiB); a config whose estimate exceeds it is INFEASIBLE, never
+    # started (attntune.search.memory). Unset on a GPU job: the device's memory x gpus.
+    memory_gb: float | None = None
 
     def _check(self, problems: list[str]) -> None:
         if self.cpus <= 0:
             problems.append(f"cpus: must be > 0, got {self.cpus}")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            problems.append(f"memory_gb: must be > 0, got {self.memory_gb}")
         if self.gpus < 0:
             problems.append(f"gpus: must be >= 0, got {self.gpus}")
         if self.gpus > 1 and not float(self.gpus).is_integer():
@@ -186,6 +191,7 @@ class SearchJob:
             "max_params": self.max_params,
             "resources.cpus": self.resources.cpus,
             "resources.gpus": self.resources.gpus,
+            "resources.memory_gb": self.resources.memory_gb,
             "space": self.space.name,
             "space_fingerprint": self.space.fingerprint(),
             "task": self.base.task.name,

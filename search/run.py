@@ -7,7 +7,6 @@ SIGTERM and Ctrl-C end running trials' runs as KILLED, leave the study resumable
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -42,8 +41,11 @@ def check_output_writable(path: Path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"output: {probe} exists and is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output: {path} is not writable ({probe} denies writing)")
+    from attntune.search.tracking import writable_problem
+
+    problem = writable_problem(probe)  # os.access says yes to root, even under /proc
+    if problem:
+        raise ConfigError(f"output: {path} is not writable ({probe}: {problem})")
 
 
 def preflight(job: SearchJob) -> None:
@@ -52,6 +54,13 @@ def preflight(job: SearchJob) -> None:
 
     check_output_writable(job.output)
     check_tracking_uri(job.tracking.resolved_uri())
+    if job.backend != "optuna":
+        # Bad data must exit 2 before Ray starts (the optuna backend overlaps this load with its
+        # workers' start-up instead; SearchContext.open loads it, cached, either way).
+        from attntune.model.config import to_dict
+        from attntune.search.worker import load_task_cached
+
+        load_task_cached(to_dict(job.base.task))
 
 
 def run_search(
@@ -71,6 +80,12 @@ def run_search(
     from attntune.search.results import best_row
 
     preflight(job)
+    if join or storage:
+        from attntune.search.submit import check_join, optuna_storage_url
+
+        storage = optuna_storage_url(storage) if storage else None
+        if join:
+            check_join(job)
     module = get_backend_module(job.backend)
     options: dict[str, Any] = {"gpus": gpus, "address": address}
     # Warm the workers (imports, data) while the driver opens the study and MLflow.
@@ -87,11 +102,20 @@ def run_search(
     _print_runs_address(job, exp_id, quiet)
 
     old_term = signal.getsignal(signal.SIGTERM)
+    old_int = signal.getsignal(signal.SIGINT)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
+    def on_signal(signum: int, frame: Any) -> None:
+        # Mid-record (a trial's start, report or end being written) the signal waits for the
+        # record to be whole; SearchContext.recording raises it again right after.
+        if ctx.defer_signal(signum):
+            return
+        if signum == signal.SIGTERM:
+            raise Terminated()
+        raise KeyboardInterrupt()
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_signal)
+    if old_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
     status, code = "FINISHED", 0
     try:
         module.run(ctx, {**options, "progress": progress, "prepared": prepared})
@@ -101,6 +125,7 @@ def run_search(
         ctx.interrupted = "SIGTERM" if code == 143 else "SIGINT"
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     if code:
         ctx.abandon_running()
         try:

@@ -43,35 +43,51 @@ class TrackingError(ConfigError):
     """The tracking store cannot be used (unreachable server, unwritable SQLite folder)."""
 
 
-def check_tracking_uri(uri: str, timeout_s: float = 8.0) -> None:
-    """Fail fast, before any MLflow call, when the store cannot be reached (<= ~10 s)."""
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any MLflow call, when the store cannot be reached (within ``timeout_s``)."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
         path = uri.split(":///", 1)[-1] if ":///" in uri else ""
         if path in ("", ":memory:"):
             return
-        folder = Path(path).expanduser().resolve().parent
+        db = Path(path).expanduser().resolve()
+        folder = db.parent
         if not folder.exists():
             raise TrackingError(f"tracking uri {uri}: folder {folder} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise TrackingError(f"tracking uri {uri}: folder {folder} is not writable")
+        if not db.exists() and writable_problem(folder):
+            raise TrackingError(f"tracking uri {uri}: folder {folder} is not writable ({writable_problem(folder)})")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise TrackingError(f"tracking uri {uri}: {db} is not writable")
         return
     if scheme in ("http", "https"):
         import urllib.error
         import urllib.request
 
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - user's own server
-                if resp.status >= 500:
-                    raise TrackingError(f"tracking server {uri} answered HTTP {resp.status}")
-        except urllib.error.HTTPError as e:
-            if e.code >= 500:
-                raise TrackingError(f"tracking server {uri} answered HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+        deadline = time.monotonic() + timeout_s
+
+        def status(path: str) -> int:
+            left = max(0.5, deadline - time.monotonic())
+            try:
+                with urllib.request.urlopen(uri.rstrip("/") + path, timeout=left) as resp:  # noqa: S310 - user's own server
+                    return int(resp.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                reason = getattr(e, "reason", e)
+                raise TrackingError(f"tracking server {uri} is unreachable ({reason})") from None
+
+        code = status("/health")
+        # Anything can answer /health with 404 (a proxy, another web app): only an MLflow server
+        # also answers its REST API. Without this MLflow's own retries take minutes to give up.
+        if code == 404:
+            code = status("/api/2.0/mlflow/experiments/search?max_results=1")
+            if code == 404:
+                raise TrackingError(
+                    f"tracking server {uri} is not an MLflow tracking server (HTTP 404 at /health and at its REST API)"
+                )
+        if code >= 500:
+            raise TrackingError(f"tracking server {uri} answered HTTP {code}")
         return
     if scheme in ("postgresql", "postgres", "mysql", "mssql"):
         host, port = parsed.hostname or "localhost", parsed.port or {"mysql": 3306, "mssql": 1433}.get(scheme, 5432)
@@ -86,6 +102,19 @@ def check_tracking_uri(uri: str, timeout_s: float = 8.0) -> None:
     if scheme == "databricks":
         return
     raise TrackingError(f"tracking uri {uri}: unsupported scheme {parsed.scheme!r}")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (None if it can). A real probe (a folder made and
+    removed at once), not ``os.access``: root passes every access check, yet cannot create files
+    under ``/proc`` or on a read-only mount."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".attntune-probe-", dir=folder))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def is_local_store(uri: str) -> bool:
@@ -231,7 +260,13 @@ class Tracker:
                 if exp.lifecycle_stage == "deleted":
                     c.restore_experiment(exp.experiment_id)
                 return exp.experiment_id
-            return c.create_experiment(name, artifact_location=default_artifact_location(self.uri, name))
+            try:
+                return c.create_experiment(name, artifact_location=default_artifact_location(self.uri, name))
+            except Exception:  # another search created it meanwhile (several started at once)
+                exp = c.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
 
         def remember(c: Any) -> str:
             self.experiment_id = fn(c)

@@ -112,6 +112,20 @@ class _Reporter:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         }
         self.send("start", self.info)
+        self._replay_checkpointed_epochs(int(info.get("resumed_from_epoch") or 0))
+
+    def _replay_checkpointed_epochs(self, resumed: int) -> None:
+        """Training saves an epoch's checkpoint before reporting it, so an attempt that died in
+        between leaves an epoch the driver never saw; a retry resumed past it reports it first."""
+        seen = int(self.spec.get("seen_epoch") or 0)
+        if resumed <= seen or not self.spec.get("checkpoint_dir"):
+            return
+        from attntune.model.checkpoint import load_train_state
+
+        state = load_train_state(self.spec["checkpoint_dir"]) or {}
+        for epoch, metrics in enumerate(state.get("history", []), start=1):
+            if seen < epoch <= resumed:
+                self.report(epoch, dict(metrics))
 
     def report(self, epoch: int, metrics: dict[str, float]) -> bool:
         if self.fault and self.fault[0] == "nan" and epoch >= (self.fault[1] or 1):

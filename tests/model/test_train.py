@@ -1,0 +1,164 @@
+"""The training loop: learning, metrics, reporter, schedules, determinism, resuming, divergence."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attntune.model.checkpoint import translate
+from attntune.model.config import ConfigError, ModelConfig, TaskConfig, TrainConfig
+from attntune.model.data import load_task
+from attntune.model.train import DivergedError, lr_at, train
+from attntune.model.transformer import n_params
+
+TINY = ModelConfig(d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_len=32)
+FAST = TrainConfig(lr=3e-3, warmup_steps=10, epochs=2, batch_size=32, max_steps_per_epoch=6, bleu_samples=16)
+
+
+class Recorder:
+    def __init__(self, stop_at: int | None = None, stop_if=None):
+        self.info: dict = {}
+        self.reports: list[tuple[int, dict]] = []
+        self.stop_at = stop_at
+        self.stop_if = stop_if
+
+    def start(self, info):
+        self.info = info
+
+    def report(self, epoch, metrics):
+        self.reports.append((epoch, metrics))
+        if self.stop_if is not None and self.stop_if(metrics):
+            return True
+        return self.stop_at is not None and epoch >= self.stop_at
+
+
+def comparable(history):
+    return [{k: v for k, v in h.items() if k != "tokens_per_s"} for h in history]
+
+
+def test_reverse_task_is_learned():
+    """>= 99% validation token accuracy on reversing 3-6 symbols, in seconds; translations are right."""
+    data = load_task(TaskConfig(name="reverse", n_train=2000, val_size=100, test_size=0, n_symbols=8, max_seq_len=6))
+    model = ModelConfig(d_model=64, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=128, dropout=0.0)
+    cfg = TrainConfig(lr=5e-3, warmup_steps=50, schedule="cosine", label_smoothing=0.0, batch_size=32, epochs=6, bleu_samples=0)
+    rec = Recorder(stop_if=lambda m: m["val_accuracy"] >= 0.995)
+    c0 = time.process_time()
+    result = train(model, cfg, data, rec)
+    cpu = time.process_time() - c0  # CPU, not wall time: other jobs may share the cores
+    best = max(h["val_accuracy"] for h in result.history)
+    assert best >= 0.99, result.history
+    assert cpu < 60, f"{cpu:.0f}s of CPU"  # ~8 s on one idle core
+    got = translate(result.model, data.src_tok, data.tgt_tok, ["a b c d e", "h g f", "c c a b"])
+    assert got == ["e d c b a", "f g h", "b a c c"]
+
+
+def test_metrics_info_and_reporter(reverse_data):
+    rec = Recorder()
+    result = train(TINY, FAST, reverse_data, rec)
+    assert [e for e, _ in rec.reports] == [1, 2] and result.epochs_run == 2 and not result.stopped_early
+    for _, m in rec.reports:
+        assert set(m) == {"train_loss", "val_loss", "val_accuracy", "val_bleu", "lr", "tokens_per_s"}
+        assert all(math.isfinite(v) for v in m.values())
+        assert 0 <= m["val_accuracy"] <= 1 and 0 <= m["val_bleu"] <= 100 and m["tokens_per_s"] > 0
+    info = rec.info
+    assert info["n_params"] == result.n_params == n_params(TINY, reverse_data.src_vocab_size, reverse_data.tgt_vocab_size)
+    assert info["n_heads"] == 4 and info["head_dim"] == 8
+    assert info["n_encoder_layers"] == 1 and info["n_decoder_layers"] == 1 and info["device"] == "cpu"
+    assert result.history == [m for _, m in rec.reports]
+
+
+def test_bleu_samples_zero_skips_bleu(reverse_data):
+    rec = Recorder()
+    train(TINY, TrainConfig(**{**FAST.__dict__, "bleu_samples": 0, "epochs": 1}), reverse_data, rec)
+    assert "val_bleu" not in rec.reports[0][1]
+
+
+def test_reporter_can_stop_training(reverse_data):
+    rec = Recorder(stop_at=1)
+    result = train(TINY, TrainConfig(**{**FAST.__dict__, "epochs": 5}), reverse_data, rec)
+    assert result.stopped_early and result.epochs_run == 1 and len(rec.reports) == 1
+
+
+def test_same_seed_same_metrics(reverse_data):
+    a = train(TINY, FAST, reverse_data)
+    b = train(TINY, FAST, reverse_data)
+    c = train(TINY, TrainConfig(**{**FAST.__dict__, "seed": 1}), reverse_data)
+    assert comparable(a.history) == comparable(b.history)
+    assert comparable(a.history) != comparable(c.history)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_resume_continues_exactly(reverse_data, tmp_path):
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 3})
+    straight = train(TINY, cfg, reverse_data)
+    ckpt = tmp_path / "ckpt"
+    first = train(TINY, cfg, reverse_data, Recorder(stop_at=1), checkpoint_dir=ckpt)
+    assert first.epochs_run == 1 and (ckpt / "train_state.pt").is_file()
+    rec = Recorder()
+    resumed = train(TINY, cfg, reverse_data, rec, checkpoint_dir=ckpt, resume=True)
+    assert rec.info["resumed_from_epoch"] == 1 and [e for e, _ in rec.reports] == [2, 3]
+    assert comparable(resumed.history) == comparable(straight.history)
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    fresh = train(TINY, cfg, reverse_data, Recorder(), checkpoint_dir=ckpt, resume=False)
+    assert comparable(fresh.history) == comparable(straight.history)
+
+
+def test_checkpoint_of_another_model_is_not_resumed(reverse_data, tmp_path):
+    train(TINY, FAST, reverse_data, checkpoint_dir=tmp_path)
+    other = ModelConfig(**{**TINY.__dict__, "d_ff": 32})
+    rec = Recorder()
+    with pytest.warns(UserWarning, match="starting afresh"):
+        result = train(other, FAST, reverse_data, rec, checkpoint_dir=tmp_path)
+    assert "resumed_from_epoch" not in rec.info and result.epochs_run == 2
+
+
+def test_divergence_raises_at_once(reverse_data):
+    rec = Recorder()
+    cfg = TrainConfig(lr=1e6, warmup_steps=0, schedule="constant", grad_clip=None, epochs=3, batch_size=32, bleu_samples=0)
+    with pytest.raises(DivergedError, match="epoch 1"):
+        train(TINY, cfg, reverse_data, rec)
+    assert rec.reports == []
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
+def test_lr_schedules_peak_at_end_of_warmup(schedule):
+    cfg = TrainConfig(lr=1e-3, warmup_steps=100, schedule=schedule)
+    assert lr_at(50, cfg, 1000) == pytest.approx(5e-4)
+    assert lr_at(100, cfg, 1000) == pytest.approx(1e-3)
+    assert max(lr_at(s, cfg, 1000) for s in range(1, 1001)) == pytest.approx(1e-3)
+    if schedule == "inverse_sqrt":
+        assert lr_at(400, cfg, 1000) == pytest.approx(5e-4)
+    elif schedule == "cosine":
+        assert lr_at(550, cfg, 1000) == pytest.approx(5e-4) and lr_at(1000, cfg, 1000) == pytest.approx(0.0)
+    else:
+        assert lr_at(1000, cfg, 1000) == pytest.approx(1e-3)
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(lr=-1, label_smoothing=1.0, warmup_steps=-2)
+    assert "lr: must be > 0" in str(e.value) and "label_smoothing" in str(e.value) and "warmup_steps" in str(e.value)
+
+
+def test_model_max_len_must_fit_the_data(reverse_data):
+    with pytest.raises(ConfigError, match="model.max_len"):
+        train(ModelConfig(**{**TINY.__dict__, "max_len": 4}), FAST, reverse_data)
+
+
+def test_short_tatoeba_run_lowers_val_loss(tatoeba_path: Path):
+    data = load_task(
+        TaskConfig(
+            name="tsv", path=str(tatoeba_path), src_col=1, tgt_col=0, lowercase=True, max_pairs=2000, val_size=100, test_size=0
+        )
+    )
+    model = ModelConfig(d_model=64, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=128, dropout=0.1)
+    cfg = TrainConfig(lr=3e-3, warmup_steps=15, epochs=2, batch_size=64, max_steps_per_epoch=15, bleu_samples=10)
+    result = train(model, cfg, data)
+    losses = [h["val_loss"] for h in result.history]
+    assert losses[1] < losses[0] < math.log(data.tgt_vocab_size)

@@ -1,0 +1,339 @@
+"""Driver crashes and resume: `attntune run` killed at any moment, then resumed, is one search.
+
+The driver is the real CLI in a subprocess. The moment to kill it is picked by polling the Optuna
+storage (``study.db``) from here, or, for the windows too short to hit by polling (between two
+writes of one record), by the test-only hook ``ATTNTUNE_DRIVER_FAULT`` (docs/RELIABILITY.md), which
+makes the driver SIGKILL itself at a named point. After every kill and resume:
+
+- every trial that had finished is still there with the same state, value and end time (not rerun);
+- the search keeps its one parent MLflow run;
+
+and at the end the budget is reached, each trial number has exactly one child run (the one the
+study names), nothing is RUNNING in MLflow or Optuna, and MLflow agrees with Optuna on every state.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from attntune.search.results import load_study, state_of
+from tests.conftest import fresh_store, tiny_job, write_job
+
+NAME = "crash"
+MAX_EPOCHS = 2
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "INFEASIBLE": "FINISHED", "FAILED": "FAILED"}
+
+
+def _ray_backend_missing() -> str | None:
+    """Why the Ray variants cannot run here (None when they can)."""
+    try:
+        import attntune.search.backends.ray_backend  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import problem means: not available yet
+        return f"attntune.search.backends.ray_backend does not import ({type(e).__name__}: {e})"
+    return None
+
+
+BACKENDS = [
+    "optuna",
+    pytest.param("ray", marks=pytest.mark.skipif(_ray_backend_missing() is not None, reason=str(_ray_backend_missing()))),
+]
+
+
+# --------------------------------------------------------------------------- the driver process
+
+
+class Driver:
+    """``attntune ARGS`` in a subprocess; stderr goes to a file (never a full pipe)."""
+
+    count = 0
+
+    def __init__(self, folder: Path, *args: str, env: dict[str, str] | None = None):
+        Driver.count += 1
+        self.err = folder / f"driver-{Driver.count}.err"
+        cmd = [sys.executable, "-c", "from attntune.search.cli import main; main()", *args]
+        full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        full_env.update(env or {})
+        with open(self.err, "w") as f:
+            self.proc = subprocess.Popen(cmd, cwd=folder, env=full_env, stdout=subprocess.DEVNULL, stderr=f)
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the driver did not end within {timeout} s: {self.stderr}") from None
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def signal_when(self, moment: Callable[[], bool], sig: int = signal.SIGKILL, timeout: float = 240) -> int:
+        """Send ``sig`` as soon as ``moment()`` holds; returns the exit code."""
+        deadline = time.monotonic() + timeout
+        while not moment():
+            code = self.proc.poll()
+            if code is not None:
+                raise AssertionError(f"the driver ended (exit {code}) before the moment came: {self.stderr}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("the moment never came")
+            time.sleep(0.02)
+        self.proc.send_signal(sig)
+        return self.wait()
+
+
+# --------------------------------------------------------------------------- reading the study while it runs
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    """Rows from the live study (read-only); none while it does not exist yet or is busy."""
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def has_parent(db: Path) -> bool:
+    return bool(_rows(db, "SELECT 1 FROM study_user_attributes WHERE key = 'mlflow_parent_run_id'"))
+
+
+def finished(db: Path) -> dict[int, tuple]:
+    """Finished trials: number -> (state, value, end time)."""
+    rows = _rows(
+        db,
+        "SELECT t.number, t.state, v.value, t.datetime_complete FROM trials t "
+        "LEFT JOIN trial_values v ON v.trial_id = t.trial_id WHERE t.state IN ('COMPLETE', 'PRUNED', 'FAIL')",
+    )
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def running_with_an_epoch(db: Path) -> bool:
+    return bool(
+        _rows(
+            db,
+            "SELECT 1 FROM trials t JOIN trial_intermediate_values i ON i.trial_id = t.trial_id "
+            "WHERE t.state = 'RUNNING'",
+        )
+    )
+
+
+def assert_kept(before: dict[int, tuple], db: Path) -> None:
+    """Trials finished before a crash are unchanged after the resume: kept, never rerun."""
+    after = finished(db)
+    for number, record in before.items():
+        assert after.get(number) == record, f"trial {number} changed: {record} -> {after.get(number)}"
+
+
+# --------------------------------------------------------------------------- the end state
+
+
+def _runs(store: str) -> tuple[list[Any], list[Any]]:
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("attntune.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("attntune.kind") == "trial"]
+    assert len(parents) + len(children) == len(runs), "a run that is neither the search nor a trial"
+    return parents, children
+
+
+def assert_one_consistent_search(output: Path, store: str, n_trials: int, parent_id: str) -> Any:
+    """Budget reached, one parent, one child per trial, nothing RUNNING, MLflow == Optuna."""
+    study = load_study(output)
+    trials = study.get_trials(deepcopy=False)
+    states = collections.Counter(t.state.name for t in trials)
+    assert set(states) <= set(FINISHED), states
+    trained = [t for t in trials if t.user_attrs.get("attntune_state") != "INFEASIBLE"]
+    assert len(trained) == n_trials, [(t.number, state_of(t)) for t in trials]
+    assert study.user_attrs["mlflow_parent_run_id"] == parent_id
+    client = MlflowClient(store)
+    parents, children = _runs(store)
+    assert [p.info.run_id for p in parents] == [parent_id], "the search has more than one parent run"
+    assert parents[0].info.status == "FINISHED"
+    per_number = collections.Counter(r.data.tags["attntune.trial_number"] for r in children)
+    assert all(c == 1 for c in per_number.values()), per_number
+    assert set(per_number) == {str(t.number) for t in trials}
+    by_number = {int(r.data.tags["attntune.trial_number"]): r for r in children}
+    for t in trials:
+        run = by_number[t.number]
+        state = state_of(t)
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["attntune.state"] == state, (t.number, state, run.data.tags)
+        assert run.info.status == MLFLOW_STATUS[state], (t.number, state, run.info.status)
+        if state == "INFEASIBLE":
+            assert not run.data.metrics, "an infeasible trial was trained"
+        if state == "COMPLETE":
+            steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
+            assert steps == set(range(1, MAX_EPOCHS + 1)), (t.number, steps)
+            assert run.data.metrics["best_val_loss"] == pytest.approx(t.value)
+    table = (output / "results.csv").read_text().strip().splitlines()
+    assert len(table) == len(trials) + 1
+    return study
+
+
+def _job(workdir: Path, store: str, backend: str, n_trials: int, **overrides: Any) -> Path:
+    overrides.setdefault("concurrency", 2)
+    job = tiny_job(
+        NAME,
+        backend=backend,
+        tracking=store,
+        budget={"n_trials": n_trials, "max_epochs": MAX_EPOCHS, "min_epochs": 1},
+        train={"max_steps_per_epoch": 4, "bleu_samples": 0},
+        **overrides,
+    )
+    return write_job(workdir, job)
+
+
+def _parent(db: Path) -> str:
+    import json
+
+    rows = _rows(db, "SELECT value_json FROM study_user_attributes WHERE key = 'mlflow_parent_run_id'")
+    assert rows, "no parent run recorded in the study"
+    return json.loads(rows[0][0])
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_at_any_moment_then_resume(backend: str, workdir: Path, mlflow_template: Path) -> None:
+    """Killed right after the parent run exists, mid-trial, right after a trial finished: each
+    resume continues the same search and the last one reaches the budget."""
+    store = fresh_store(mlflow_template, workdir / "store")
+    n_trials = 6
+    _job(workdir, store, backend, n_trials)
+    out = workdir / "attntune-runs" / NAME
+    db = out / "study.db"
+
+    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
+    assert d.signal_when(lambda: has_parent(db)) == -signal.SIGKILL
+    parent = _parent(db)
+    parents, _ = _runs(store)
+    assert [p.info.status for p in parents] == ["RUNNING"]  # nobody ended it
+
+    kept = finished(db)
+    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
+    assert d.signal_when(lambda: len(finished(db)) > len(kept) and running_with_an_epoch(db)) == -signal.SIGKILL
+    assert_kept(kept, db)
+    _, children = _runs(store)
+    assert any(r.info.status == "RUNNING" for r in children)  # the killed trials' runs, left as they were
+
+    kept = finished(db)
+    d = Driver(workdir, "resume", str(out), "-q")
+    assert d.signal_when(lambda: len(finished(db)) > len(kept)) == -signal.SIGKILL  # right after a trial ends
+    assert_kept(kept, db)
+
+    kept = finished(db)
+    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
+    assert d.wait() == 0, d.stderr
+    assert_kept(kept, db)
+    assert_one_consistent_search(out, store, n_trials, parent)
+
+
+# The points ATTNTUNE_DRIVER_FAULT can kill the driver at, in the order one search meets them.
+# Each is a moment between two writes of one record: MLflow and Optuna disagree until resume.
+WINDOWS = [
+    ("parent", "the parent run exists in MLflow, the study does not name it yet"),
+    ("infeasible", "an infeasible trial's run exists, the study does not name it yet"),
+    ("asked", "a trial is sampled in Optuna, it has no MLflow run yet"),
+    ("run", "a trial's child run exists in MLflow, the study does not name it yet"),
+    ("finishing", "a trial's outcome is in the study's attributes, not yet in MLflow or told"),
+    ("ended", "a trial's run is ended in MLflow, Optuna is not told yet"),
+    ("told", "a trial has just been told to Optuna"),
+]
+
+
+def test_sigkill_inside_each_recording_window_then_resume(workdir: Path, mlflow_template: Path) -> None:
+    """One search killed at each window in turn, resumed after each: the records still converge."""
+    store = fresh_store(mlflow_template, workdir / "store")
+    n_trials = 3
+    # Two thirds of the samples are over max_params: INFEASIBLE, never trained, not counted.
+    _job(workdir, store, "optuna", n_trials, concurrency=1, max_params=10000)
+    out = workdir / "attntune-runs" / NAME
+    db = out / "study.db"
+    kept: dict[int, tuple] = {}
+    parent = None
+    for i, (point, why) in enumerate(WINDOWS):
+        args = ("run", "job.yaml", "--no-report", "-q") if i == 0 else ("run", "job.yaml", "--resume", "--no-report", "-q")
+        d = Driver(workdir, *args, env={"ATTNTUNE_DRIVER_FAULT": point})
+        assert d.wait() == -signal.SIGKILL, f"{point}: the driver was not killed there ({why}): {d.stderr}"
+        assert_kept(kept, db)
+        kept = finished(db)
+        if parent is None and has_parent(db):
+            parent = _parent(db)
+        if point == "parent":
+            assert not has_parent(db)
+            parents, _ = _runs(store)
+            assert len(parents) == 1  # the orphan, which the resume must adopt
+            orphan = parents[0].info.run_id
+    d = Driver(workdir, "resume", str(out), "-q")
+    assert d.wait() == 0, d.stderr
+    assert_kept(kept, db)
+    assert parent == orphan
+    study = assert_one_consistent_search(out, store, n_trials, parent)
+    assert any(t.user_attrs.get("attntune_state") == "INFEASIBLE" for t in study.trials)
+
+
+def _assert_interrupted(d: Driver, code: int, name: str, out: Path, store: str) -> None:
+    """Exit code, the resume line, trials' runs ended KILLED but RUNNING in Optuna (for resume)."""
+    assert d.wait() == code, d.stderr
+    line = f"continue with `attntune resume {out.relative_to(Path.cwd())}`"
+    assert f"interrupted ({name})" in d.stderr and line in d.stderr, d.stderr
+    study = load_study(out)
+    left = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert left, "no trial was running: the signal came too late to test anything"
+    parents, children = _runs(store)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    by_id = {r.info.run_id: r for r in children}
+    for t in left:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "KILLED" and run.data.tags["attntune.state"] == "KILLED"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_and_ctrl_c_exit_143_and_130_then_resume(backend: str, workdir: Path, mlflow_template: Path) -> None:
+    store = fresh_store(mlflow_template, workdir / "store")
+    n_trials = 5
+    _job(workdir, store, backend, n_trials)
+    out = workdir / "attntune-runs" / NAME
+    db = out / "study.db"
+
+    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
+    d.signal_when(lambda: running_with_an_epoch(db), signal.SIGTERM)
+    _assert_interrupted(d, 143, "SIGTERM", out, store)
+    parent = _parent(db)
+
+    kept = finished(db)
+    d = Driver(workdir, "resume", str(out), "-q")
+    d.signal_when(lambda: len(finished(db)) > len(kept) and running_with_an_epoch(db), signal.SIGINT)
+    _assert_interrupted(d, 130, "SIGINT", out, store)
+    assert_kept(kept, db)
+
+    kept = finished(db)
+    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
+    assert d.wait() == 0, d.stderr
+    assert_kept(kept, db)
+    assert_one_consistent_search(out, store, n_trials, parent)
