@@ -173,7 +173,9 @@ def header_lines(name: str, spec: dict[str, Any], n_points: int) -> list[str]:
     ]
     if spec["task"].get("attribution"):
         lines.append(
-            "license: derived from " + spec["task"]["attribution"] + "; these curves carry the same licence and attribution"
+            "license: derived from "
+            + spec["task"]["attribution"]
+            + "; these curves carry the same licence and attribution"
         )
     return ["# " + ln for ln in lines]
 
@@ -198,8 +200,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), required=True)
     p.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
-    p.add_argument("--output", type=Path, default=None, help="CSV file (default benchmarks/data/curves_<grid>.csv)")
-    p.add_argument("--limit", type=int, default=None, help="record only the first N configurations (smoke test)")
+    p.add_argument(
+        "--output", type=Path, default=None, help="CSV file (default benchmarks/data/curves_<grid>.csv)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="record only the first N configurations (smoke test)"
+    )
     args = p.parse_args()
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -213,7 +219,9 @@ def main() -> None:
     previous = read_done(partial if partial.exists() else out)
     done = {cid: rows for cid, rows in previous.items() if len(rows) == epochs}
     todo = [(i, v) for i, v in enumerate(points) if i not in done][: args.limit]
-    print(f"{args.grid}: {len(points)} configs, {len(done)} already recorded, {len(todo)} to train", flush=True)
+    print(
+        f"{args.grid}: {len(points)} configs, {len(done)} already recorded, {len(todo)} to train", flush=True
+    )
 
     fields = ["config", *names, "n_params", "epoch", *METRICS]
     t0 = time.perf_counter()
@@ -228,7 +236,13 @@ def main() -> None:
             for k, (cid, values, n_params, rows) in enumerate(pool.imap_unordered(_train_one, todo), 1):
                 for r in rows:
                     w.writerow(
-                        {"config": cid, **values, "n_params": n_params, "epoch": r["epoch"], **{m: _fmt(r.get(m)) for m in METRICS}}
+                        {
+                            "config": cid,
+                            **values,
+                            "n_params": n_params,
+                            "epoch": r["epoch"],
+                            **{m: _fmt(r.get(m)) for m in METRICS},
+                        }
                     )
                 f.flush()
                 last = rows[-1]
@@ -247,8 +261,11 @@ def main() -> None:
         w.writerows(rows)
     partial.unlink()
     n_configs = len({r["config"] for r in rows})
-    print(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}: {n_configs} configs, "
-          f"{len(rows)} rows in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}: {n_configs} configs, "
+        f"{len(rows)} rows in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

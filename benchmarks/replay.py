@@ -85,7 +85,9 @@ class Curves:
         try:
             return self.table[self.key(values)]
         except KeyError:
-            raise KeyError(f"{dict(values)} is not a recorded configuration of {self.path or 'the table'}") from None
+            raise KeyError(
+                f"{dict(values)} is not a recorded configuration of {self.path or 'the table'}"
+            ) from None
 
     def final_values(self, metric: str = "val_loss", mode: str = "min") -> list[float]:
         """Each configuration's best ``metric`` over all epochs (what a full trial scores)."""
@@ -108,7 +110,9 @@ def _read_meta(lines: list[str]) -> dict[str, Any]:
     return meta
 
 
-def curves_from_rows(space: Space, rows: list[Mapping[str, Any]], meta: dict[str, Any] | None = None, path: str = "") -> Curves:
+def curves_from_rows(
+    space: Space, rows: list[Mapping[str, Any]], meta: dict[str, Any] | None = None, path: str = ""
+) -> Curves:
     """Build a Curves table from (config values + epoch + metrics) rows; checks the grid is complete."""
     shown = path or "curve table"
     names = space.names()
@@ -138,7 +142,9 @@ def curves_from_rows(space: Space, rows: list[Mapping[str, Any]], meta: dict[str
     extra = set(by_key) - expected
     if absent:
         example = dict(zip(names, sorted(absent, key=str)[0], strict=True))
-        raise CurveError(f"{shown}: {len(absent)} of {len(expected)} grid points have no curve (e.g. {example})")
+        raise CurveError(
+            f"{shown}: {len(absent)} of {len(expected)} grid points have no curve (e.g. {example})"
+        )
     if extra:
         example = dict(zip(names, sorted(extra, key=str)[0], strict=True))
         raise CurveError(f"{shown}: {len(extra)} rows' configurations are not in the space (e.g. {example})")
@@ -263,7 +269,9 @@ def replay(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
         sampler = STRATEGIES.get(strategy).make_sampler(SamplerContext(curves.space, seed, n_ctx, 1))
-    pruner = SCHEDULERS.get(scheduler).optuna_pruner(Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs))
+    pruner = SCHEDULERS.get(scheduler).optuna_pruner(
+        Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs)
+    )
     study = optuna.create_study(
         study_name=study_name,
         sampler=sampler,
@@ -309,7 +317,9 @@ def replay(
         except RuntimeError:  # GridSampler stops the study once every point was visited
             pass
         trace.trials.append(
-            TrialRecord(trial.number, dict(values), state, len(seen), best if state == COMPLETE else None, used)
+            TrialRecord(
+                trial.number, dict(values), state, len(seen), best if state == COMPLETE else None, used
+            )
         )
     return trace
 

@@ -97,7 +97,9 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
     seeds = list(range(args.seeds))
     wanted = set(args.pairs.split(",")) | {"random"} if args.pairs else {label for label, _, _ in PAIRS}
     pairs = [pair for pair in PAIRS if pair[0] in wanted]
-    jobs = [(str(path), s, sch, budget, seed, args.metric, args.mode) for _, s, sch in pairs for seed in seeds]
+    jobs = [
+        (str(path), s, sch, budget, seed, args.metric, args.mode) for _, s, sch in pairs for seed in seeds
+    ]
     t0 = time.perf_counter()
     traces: dict[str, dict[int, Trace]] = {}
     cpu: dict[str, float] = {}
@@ -117,7 +119,9 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
     finals = curves.final_values(args.metric, args.mode)
     table_best = min(finals) if args.mode == "min" else max(finals)
     task = curves.meta.get("task", {})
-    print(f"\n== {path.name}: {len(curves.table)} configs x {curves.max_epochs} epochs, task {task.get('name', '?')}")
+    print(
+        f"\n== {path.name}: {len(curves.table)} configs x {curves.max_epochs} epochs, task {task.get('name', '?')}"
+    )
     print(
         f"budget {budget} epochs (= {budget_trials} full trials), {len(seeds)} seeds, "
         f"metric {args.metric} ({args.mode}); replays took {wall:.1f}s wall"
@@ -209,15 +213,30 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
         job_path = folder / "job.yaml"
         job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
         out = folder / "out"
-        print(f"\n== real check: attntune run (optuna backend, tpe+asha, {n_trials} trials, seed {seed}) on {path.name}'s grid")
+        print(
+            f"\n== real check: attntune run (optuna backend, tpe+asha, {n_trials} trials, seed {seed}) on {path.name}'s grid"
+        )
         t0 = time.perf_counter()
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
         proc = subprocess.run(
-            [sys.executable, "-c", "from attntune.search.cli import main; main()", "run", str(job_path),
-             "--output", str(out), "--tracking-uri", f"sqlite:///{(folder / 'mlflow.db').as_posix()}", "--quiet",
-             "--no-report"],
-            cwd=folder, env=env, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-c",
+                "from attntune.search.cli import main; main()",
+                "run",
+                str(job_path),
+                "--output",
+                str(out),
+                "--tracking-uri",
+                f"sqlite:///{(folder / 'mlflow.db').as_posix()}",
+                "--quiet",
+                "--no-report",
+            ],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -225,17 +244,34 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
             return
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{(out / 'study.db').as_posix()}")
-        real = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("attntune_state") != "INFEASIBLE"]
-    same = replay("tpe", "asha", curves, 10**9, seed, metric=args.metric, mode=args.mode, n_trials=n_trials, study_name=name)
+        real = [
+            t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("attntune_state") != "INFEASIBLE"
+        ]
+    same = replay(
+        "tpe",
+        "asha",
+        curves,
+        10**9,
+        seed,
+        metric=args.metric,
+        mode=args.mode,
+        n_trials=n_trials,
+        study_name=name,
+    )
     print(f"real search: {wall:.0f}s wall, {len(real)} trials")
     print(f"{'#':>3}  {'config':<52} {'real':>18}   {'replay (same seed)':>18}")
     matching = 0
     for i, t in enumerate(real):
         r = same.trials[i] if i < len(same.trials) else None
-        cfg = " ".join(f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in t.params.items())
+        cfg = " ".join(
+            f"{k.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in t.params.items()
+        )
         real_state = t.user_attrs.get("attntune_state", t.state.name)
         real_val = t.value if real_state == "COMPLETE" else None  # Optuna keeps a pruned trial's last report
-        real_s = f"{real_state[:4]} {t.user_attrs.get('epochs_run', '?')}ep " + (f"{real_val:.4f}" if real_val is not None else "-")
+        real_s = f"{real_state[:4]} {t.user_attrs.get('epochs_run', '?')}ep " + (
+            f"{real_val:.4f}" if real_val is not None else "-"
+        )
         rep_s = "-"
         if r is not None:
             rep_s = f"{r.state[:4]} {r.epochs}ep " + (f"{r.value:.4f}" if r.value is not None else "-")
@@ -250,7 +286,17 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
     dist = sorted(
         b
         for b in (
-            replay("tpe", "asha", curves, 10**9, s, metric=args.metric, mode=args.mode, n_trials=n_trials, study_name=name).best
+            replay(
+                "tpe",
+                "asha",
+                curves,
+                10**9,
+                s,
+                metric=args.metric,
+                mode=args.mode,
+                n_trials=n_trials,
+                study_name=name,
+            ).best
             for s in range(args.seeds)
         )
         if b is not None
@@ -266,9 +312,22 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, nargs="*", default=None, help="curve CSVs (default: benchmarks/data/curves_*.csv)")
-    p.add_argument("--seeds", type=int, default=21, help="seeds per strategy (default 21: an odd count has a plain median)")
-    p.add_argument("--pairs", default=None, help="comma-separated labels to replay (default all; random is always run)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="curve CSVs (default: benchmarks/data/curves_*.csv)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=21,
+        help="seeds per strategy (default 21: an odd count has a plain median)",
+    )
+    p.add_argument(
+        "--pairs", default=None, help="comma-separated labels to replay (default all; random is always run)"
+    )
     p.add_argument(
         "--budget-trials",
         type=int,
@@ -278,7 +337,9 @@ def main() -> None:
     p.add_argument("--metric", default="val_loss")
     p.add_argument("--mode", choices=["min", "max"], default="min")
     p.add_argument("--jobs", type=int, default=2, help="replay processes (default 2)")
-    p.add_argument("--real-check", action="store_true", help="also run one real tpe+asha search on the first table")
+    p.add_argument(
+        "--real-check", action="store_true", help="also run one real tpe+asha search on the first table"
+    )
     p.add_argument("--real-trials", type=int, default=12)
     p.add_argument("--real-seed", type=int, default=0)
     args = p.parse_args()
@@ -289,7 +350,9 @@ def main() -> None:
         sys.exit(2)
     paths = args.data or sorted(DATA_DIR.glob("curves_*.csv"))
     if not paths:
-        sys.exit(f"error: no curve tables in {DATA_DIR.relative_to(REPO)}; record them with benchmarks/record_curves.py")
+        sys.exit(
+            f"error: no curve tables in {DATA_DIR.relative_to(REPO)}; record them with benchmarks/record_curves.py"
+        )
     try:
         for path in paths:
             benchmark(path, args)

@@ -452,6 +452,7 @@ class SearchContext:
         used = time.time() - max(start, self.started) + float(self.study.user_attrs.get("time_used_s", 0.0))
         return limit - used
 
+    @_recorded
     def can_launch(self) -> bool:
         if self.interrupted:
             return False
@@ -460,6 +461,7 @@ class SearchContext:
             return False
         return self.pending_reruns != [] or self.n_counted() < self.n_trials_target()
 
+    @_recorded
     def done(self) -> bool:
         return not self.running and not self.can_launch()
 
@@ -633,7 +635,11 @@ class SearchContext:
             return False
         trial = self.trial_handle(plan)
         try:
-            trial.report(float(value), epoch)
+            if plan.attempt > 1 and epoch in self.study._storage.get_trial(plan.trial_id).intermediate_values:
+                # A rerun's epoch replaces the killed attempt's (Optuna's report would ignore it).
+                self.study._storage.set_trial_intermediate_value(plan.trial_id, epoch, float(value))
+            else:
+                trial.report(float(value), epoch)
         except (NotImplementedError, ValueError, RuntimeError):
             return False
         if not decide or epoch >= self.job.budget.max_epochs:

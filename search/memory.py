@@ -206,8 +206,11 @@ def measure_peak_bytes(
     for _ in range(steps):
         with _autocast(device, train_cfg.bf16):
             logits = model(src, tgt[:, :-1])
-        loss = F.cross_entropy(
-            logits.float().transpose(1, 2), tgt[:, 1:], ignore_index=0, label_smoothing=train_cfg.label_smoothing
+        loss = F.cross_entropy(  # as attntune.model.train computes it: (B*T, V) rows
+            logits.float().flatten(0, 1),
+            tgt[:, 1:].flatten(),
+            ignore_index=0,
+            label_smoothing=train_cfg.label_smoothing,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

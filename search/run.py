@@ -119,8 +119,13 @@ def run_search(
     status, code = "FINISHED", 0
     try:
         module.run(ctx, {**options, "progress": progress, "prepared": prepared})
-    except (KeyboardInterrupt, Terminated) as e:
-        code = 143 if isinstance(e, Terminated) else 130
+    except BaseException as e:  # noqa: BLE001 - only an interruption is handled here
+        # A signal that lands inside a C extension (Ray's CoreWorker.wait) surfaces as a
+        # SystemError whose cause is the interruption: look through the chain.
+        cause = _interruption(e)
+        if cause is None:
+            raise
+        code = 143 if isinstance(cause, Terminated) else 130
         status = "KILLED"
         ctx.interrupted = "SIGTERM" if code == 143 else "SIGINT"
     finally:
@@ -146,6 +151,17 @@ def run_search(
         print(f"warning: MLflow write failed: {w}", file=sys.stderr)
     best = best_row(table, job.mode)
     return SearchResult(job, table, ctx.parent_run_id, exp_id, best, job.output)
+
+
+def _interruption(e: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated that ``e`` is or was caused by, if any."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, KeyboardInterrupt | Terminated):
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
 
 
 def _write_report(ctx: Any, quiet: bool) -> None:

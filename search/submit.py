@@ -232,9 +232,11 @@ def _submit_ray(job: Any, job_file: Path, address: str, args: list[str]) -> Subm
     entrypoint = shlex.join(["python", "-m", "attntune.search.cli", "run", "job.yaml", *args])
     import logging
 
-    ray_log = logging.getLogger("ray")
-    level = ray_log.level
-    ray_log.setLevel(logging.WARNING)  # no "Uploading package ..." lines: attntune prints the id
+    # No "Uploading package ..." lines: attntune prints the job id and how to follow it.
+    quiet = [logging.getLogger(n) for n in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
     try:
         with tempfile.TemporaryDirectory(prefix="attntune-submit-") as tmp:
             runtime_env = stage_runtime_env(job, job_file, job_id, Path(tmp))
@@ -245,7 +247,8 @@ def _submit_ray(job: Any, job_file: Path, address: str, args: list[str]) -> Subm
                 metadata={"attntune.job": job.name, "attntune.tracking_uri": job.tracking.resolved_uri()},
             )
     finally:
-        ray_log.setLevel(level)
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
     return Submitted(job_id, address)
 
 

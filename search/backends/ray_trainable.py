@@ -26,6 +26,7 @@ import contextlib
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 SECONDS_KEY = "attntune_seconds"
@@ -49,6 +50,24 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, str | int | float | bool)}
 
 
+def _mark_resumed_run(spec: dict[str, Any], ray_trial_id: str) -> None:
+    """Ray resumes a paused trial by running this function again, and training then resumes from
+    the trial's checkpoint. Every checkpointed epoch of this Ray trial was already reported (a
+    pause happens at a report), so the epochs ``execute_trial`` replays for a *retry* (whose
+    last report may have been lost) must not be sent again. The Ray trial id, written beside the
+    checkpoint folder on the first run, tells a resumed run from a retry (a new Ray trial)."""
+    ckpt = spec.get("checkpoint_dir")
+    if not ckpt:
+        return
+    mark = Path(f"{ckpt}.ray-trial")
+    with contextlib.suppress(OSError):
+        if mark.exists() and mark.read_text(encoding="utf-8") == ray_trial_id:
+            spec["seen_epoch"] = 1 << 30
+            return
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(ray_trial_id, encoding="utf-8")
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable. ``config`` is the trial spec (``TrialPlan.spec``) plus
     ``metric`` and ``env``."""
@@ -60,6 +79,7 @@ def train_trial(config: dict[str, Any]) -> None:
     spec = dict(config)
     metric = spec.pop("metric")
     _apply_env(spec.pop("env", None) or {})
+    _mark_resumed_run(spec, tune.get_context().get_trial_id())
     # Imports and data loading happen once per actor, outside the trial's clock (as the local
     # backend's workers do before their first trial); a bad task fails inside execute_trial.
     with contextlib.suppress(Exception):

@@ -193,3 +193,19 @@ def test_resources_the_cluster_lacks_exit_before_anything_is_written(
     assert not (tmp_path / "out").exists()
     assert MlflowClient(store).get_experiment_by_name("big") is None
     assert ray.is_initialized()
+
+
+def test_an_address_where_no_ray_listens_is_refused_at_once() -> None:
+    """``ray.init(address=...)`` would retry for minutes; the backend checks the port first."""
+    import socket
+
+    from attntune.search.backends.ray_backend import check_address
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"--address 127.0.0.1:{port}: no Ray cluster answers there"):
+        check_address(f"127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        check_address("not-an-address")
+    check_address("auto")  # Ray's own keyword: left to ray.init

@@ -70,13 +70,21 @@ def test_epoch_budget_cuts_the_last_trial_and_is_never_exceeded() -> None:
 
 def test_bohb_preset_and_other_pairs_run_within_budget() -> None:
     space = parse_space(
-        {"params": {"train.lr": {"choices": [1e-4, 1e-3, 1e-2]}, "model.n_layers": {"type": "int", "low": 1, "high": 3}}}
+        {
+            "params": {
+                "train.lr": {"choices": [1e-4, 1e-3, 1e-2]},
+                "model.n_layers": {"type": "int", "low": 1, "high": 3},
+            }
+        }
     )
     rows = []
     for lr in (1e-4, 1e-3, 1e-2):
         for n in (1, 2, 3):
             start = 3.0 + abs(lr - 1e-3) * 100 + 0.1 * n
-            rows += [{"train.lr": lr, "model.n_layers": n, "epoch": e, "val_loss": start - 0.1 * e} for e in range(1, EPOCHS + 1)]
+            rows += [
+                {"train.lr": lr, "model.n_layers": n, "epoch": e, "val_loss": start - 0.1 * e}
+                for e in range(1, EPOCHS + 1)
+            ]
     curves = curves_from_rows(space, rows)
     for strategy, scheduler in (("bohb", None), ("tpe", "asha"), ("random", "median")):
         trace = replay(strategy, scheduler, curves, budget_epochs=60, seed=0)

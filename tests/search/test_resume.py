@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -195,11 +196,12 @@ def assert_one_consistent_search(output: Path, store: str, n_trials: int, parent
 
 def _job(workdir: Path, store: str, backend: str, n_trials: int, **overrides: Any) -> Path:
     overrides.setdefault("concurrency", 2)
+    budget = {"n_trials": n_trials, "max_epochs": MAX_EPOCHS, "min_epochs": 1, **overrides.pop("budget", {})}
     job = tiny_job(
         NAME,
         backend=backend,
         tracking=store,
-        budget={"n_trials": n_trials, "max_epochs": MAX_EPOCHS, "min_epochs": 1},
+        budget=budget,
         train={"max_steps_per_epoch": 4, "bleu_samples": 0},
         **overrides,
     )
@@ -217,90 +219,75 @@ def _parent(db: Path) -> str:
 # --------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sigkill_at_any_moment_then_resume(backend: str, workdir: Path, mlflow_template: Path) -> None:
-    """Killed right after the parent run exists, mid-trial, right after a trial finished: each
-    resume continues the same search and the last one reaches the budget."""
-    store = fresh_store(mlflow_template, workdir / "store")
-    n_trials = 6
-    _job(workdir, store, backend, n_trials)
-    out = workdir / "attntune-runs" / NAME
-    db = out / "study.db"
-
-    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
-    assert d.signal_when(lambda: has_parent(db)) == -signal.SIGKILL
-    parent = _parent(db)
-    parents, _ = _runs(store)
-    assert [p.info.status for p in parents] == ["RUNNING"]  # nobody ended it
-
-    kept = finished(db)
-    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
-    assert d.signal_when(lambda: len(finished(db)) > len(kept) and running_with_an_epoch(db)) == -signal.SIGKILL
-    assert_kept(kept, db)
-    _, children = _runs(store)
-    assert any(r.info.status == "RUNNING" for r in children)  # the killed trials' runs, left as they were
-
-    kept = finished(db)
-    d = Driver(workdir, "resume", str(out), "-q")
-    assert d.signal_when(lambda: len(finished(db)) > len(kept)) == -signal.SIGKILL  # right after a trial ends
-    assert_kept(kept, db)
-
-    kept = finished(db)
-    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
-    assert d.wait() == 0, d.stderr
-    assert_kept(kept, db)
-    assert_one_consistent_search(out, store, n_trials, parent)
+def completed_more_than(db: Path, n: int) -> Callable[[], bool]:
+    return lambda: sum(1 for state, _, _ in finished(db).values() if state == "COMPLETE") > n
 
 
-# The points ATTNTUNE_DRIVER_FAULT can kill the driver at, in the order one search meets them.
-# Each is a moment between two writes of one record: MLflow and Optuna disagree until resume.
-WINDOWS = [
-    ("parent", "the parent run exists in MLflow, the study does not name it yet"),
-    ("infeasible", "an infeasible trial's run exists, the study does not name it yet"),
-    ("asked", "a trial is sampled in Optuna, it has no MLflow run yet"),
-    ("run", "a trial's child run exists in MLflow, the study does not name it yet"),
-    ("finishing", "a trial's outcome is in the study's attributes, not yet in MLflow or told"),
-    ("ended", "a trial's run is ended in MLflow, Optuna is not told yet"),
-    ("told", "a trial has just been told to Optuna"),
+# One search, killed with SIGKILL at each of these moments in turn and resumed after each. A
+# ``hook`` point is where the driver kills itself (ATTNTUNE_DRIVER_FAULT): a moment between two
+# writes of one record, too short to hit from outside; a ``poll`` moment is picked from here.
+KILLS = [
+    ("hook", "parent", "the parent run exists in MLflow, the study does not name it yet"),
+    ("hook", "infeasible", "an infeasible trial's run exists, the study does not name it yet"),
+    ("hook", "asked", "a trial is created in Optuna, nothing sampled, no MLflow run yet"),
+    ("poll", "mid-trial", "a trial has reported an epoch and is training the next"),
+    ("hook", "run", "a trial's child run exists in MLflow, the study does not name it yet"),
+    ("hook", "ended", "a trial's run is ended in MLflow (its outcome in the study's attributes), Optuna not told"),
+    ("poll", "trial-ended", "a trial has just been told COMPLETE (its records being written)"),
 ]
 
 
-def test_sigkill_inside_each_recording_window_then_resume(workdir: Path, mlflow_template: Path) -> None:
-    """One search killed at each window in turn, resumed after each: the records still converge."""
+def test_sigkill_at_any_moment_then_resume(workdir: Path, mlflow_template: Path) -> None:
+    """Killed right after the parent run exists, inside each recording window, mid-trial and
+    right after a trial ends: every resume continues the same search, the last one reaches the
+    budget and the records converge."""
     store = fresh_store(mlflow_template, workdir / "store")
-    n_trials = 3
+    n_trials = 5
     # Two thirds of the samples are over max_params: INFEASIBLE, never trained, not counted.
-    _job(workdir, store, "optuna", n_trials, concurrency=1, max_params=10000)
+    _job(workdir, store, "optuna", n_trials, max_params=10000)
     out = workdir / "attntune-runs" / NAME
     db = out / "study.db"
     kept: dict[int, tuple] = {}
-    parent = None
-    for i, (point, why) in enumerate(WINDOWS):
-        args = ("run", "job.yaml", "--no-report", "-q") if i == 0 else ("run", "job.yaml", "--resume", "--no-report", "-q")
-        d = Driver(workdir, *args, env={"ATTNTUNE_DRIVER_FAULT": point})
-        assert d.wait() == -signal.SIGKILL, f"{point}: the driver was not killed there ({why}): {d.stderr}"
+    orphan = parent = None
+    for i, (how, point, why) in enumerate(KILLS):
+        args = ["run", "job.yaml", "--no-report", "-q"] + (["--resume"] if i else [])
+        if how == "hook":
+            d = Driver(workdir, *args, env={"ATTNTUNE_DRIVER_FAULT": point})
+            code = d.wait()
+        else:
+            n_complete = sum(1 for state, _, _ in kept.values() if state == "COMPLETE")
+            moment = (lambda: running_with_an_epoch(db)) if point == "mid-trial" else completed_more_than(db, n_complete)
+            d = Driver(workdir, *args)
+            code = d.signal_when(moment)
+        assert code == -signal.SIGKILL, f"{point}: the driver was not killed there ({why}): {d.stderr}"
         assert_kept(kept, db)
         kept = finished(db)
-        if parent is None and has_parent(db):
-            parent = _parent(db)
         if point == "parent":
             assert not has_parent(db)
             parents, _ = _runs(store)
-            assert len(parents) == 1  # the orphan, which the resume must adopt
+            assert [p.info.status for p in parents] == ["RUNNING"]  # nobody ended it; resume adopts it
             orphan = parents[0].info.run_id
+        else:
+            parent = parent or _parent(db)
+            assert parent == orphan
+        if point == "mid-trial":
+            _, children = _runs(store)
+            assert any(r.info.status == "RUNNING" for r in children)  # left as they were: resume's job
     d = Driver(workdir, "resume", str(out), "-q")
     assert d.wait() == 0, d.stderr
     assert_kept(kept, db)
-    assert parent == orphan
     study = assert_one_consistent_search(out, store, n_trials, parent)
     assert any(t.user_attrs.get("attntune_state") == "INFEASIBLE" for t in study.trials)
+    # A resumed sampler does not replay the first session's draws.
+    lrs = [t.params["train.lr"] for t in study.trials if "train.lr" in t.params]
+    assert len(set(lrs)) == len(lrs), lrs
 
 
 def _assert_interrupted(d: Driver, code: int, name: str, out: Path, store: str) -> None:
     """Exit code, the resume line, trials' runs ended KILLED but RUNNING in Optuna (for resume)."""
     assert d.wait() == code, d.stderr
-    line = f"continue with `attntune resume {out.relative_to(Path.cwd())}`"
-    assert f"interrupted ({name})" in d.stderr and line in d.stderr, d.stderr
+    said = re.search(rf"interrupted \({name}\): .* continue with `attntune resume (\S+)`", d.stderr)
+    assert said and Path(said.group(1)).resolve() == out.resolve(), d.stderr
     study = load_study(out)
     left = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert left, "no trial was running: the signal came too late to test anything"
@@ -337,3 +324,30 @@ def test_sigterm_and_ctrl_c_exit_143_and_130_then_resume(backend: str, workdir: 
     assert d.wait() == 0, d.stderr
     assert_kept(kept, db)
     assert_one_consistent_search(out, store, n_trials, parent)
+
+
+def test_trials_a_resume_will_not_rerun_are_ended_not_left_running(workdir: Path, mlflow_template: Path) -> None:
+    """Resumed with its time limit already spent: the killed trials are not rerun, so they end
+    FAILED (failure_kind killed) in Optuna and KILLED in MLflow; nothing stays RUNNING."""
+    store = fresh_store(mlflow_template, workdir / "store")
+    _job(workdir, store, "optuna", 4)
+    out = workdir / "attntune-runs" / NAME
+    db = out / "study.db"
+    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
+    assert d.signal_when(lambda: running_with_an_epoch(db)) == -signal.SIGKILL
+    killed = {n for n, in _rows(db, "SELECT number FROM trials WHERE state = 'RUNNING'")}
+    kept = finished(db)
+    _job(workdir, store, "optuna", 4, budget={"time_limit": 0.001})
+    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
+    assert d.wait() == 0, d.stderr
+    assert_kept(kept, db)
+    study = load_study(out)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    _, children = _runs(store)
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    by_number = {int(r.data.tags["attntune.trial_number"]): r for r in children}
+    for t in study.trials:
+        if t.number in killed:
+            assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["failure_kind"] == "killed"
+            run = by_number[t.number]
+            assert run.info.status == "KILLED" and run.data.tags["failure_kind"] == "killed"

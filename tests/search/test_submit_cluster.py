@@ -24,7 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attntune.search.cli import main
-from tests.conftest import attntune_cli, sqlite_uri, tiny_job, write_job
+from tests.conftest import attntune_cli, fresh_store, sqlite_uri, tiny_job, write_job
 from tests.search.test_team import free_port, pg_database, start_mlflow_server, stop_process_group, wait_http
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -191,7 +191,7 @@ def test_jobs_stop_ends_the_search_and_its_running_trials_killed(cluster: Cluste
             backend="ray",
             concurrency=2,
             tracking=cluster.tracking,
-            budget={"n_trials": 4, "max_epochs": 40, "min_epochs": 1},
+            budget={"n_trials": 2, "max_epochs": 200, "min_epochs": 1},
         ),
     )
     r = _cli(cluster, "submit", str(job), "--address", cluster.dashboard, cwd=workdir)
@@ -229,11 +229,17 @@ def test_submit_to_a_cluster_refuses_a_local_tracking_store(workdir: Path, capsy
     assert sorted(p.name for p in workdir.iterdir()) == ["job.yaml"]
 
 
-def test_local_submit_runs_detached_and_jobs_commands_follow_it(workdir: Path) -> None:
-    short = write_job(workdir, tiny_job("detached", budget={"n_trials": 2, "max_epochs": 1, "min_epochs": 1}), "short.yaml")
+def test_local_submit_runs_detached_and_jobs_commands_follow_it(workdir: Path, mlflow_template: Path) -> None:
+    """Two detached searches at once (each its own store), one followed to the end, one stopped."""
+    short = write_job(
+        workdir,
+        tiny_job("detached", budget={"n_trials": 2, "max_epochs": 1, "min_epochs": 1}, tracking=fresh_store(mlflow_template, workdir / "a")),
+        "short.yaml",
+    )
+    long_store = fresh_store(mlflow_template, workdir / "b")
     long = write_job(
         workdir,
-        tiny_job("detached-stop", budget={"n_trials": 2, "max_epochs": 40, "min_epochs": 1}, tracking=sqlite_uri(workdir)),
+        tiny_job("detached-stop", budget={"n_trials": 1, "max_epochs": 200, "min_epochs": 1}, tracking=long_store),
         "long.yaml",
     )
     ids = []
@@ -248,7 +254,7 @@ def test_local_submit_runs_detached_and_jobs_commands_follow_it(workdir: Path) -
     assert follow.returncode == 0 and follow.stdout.count("COMPLETE  t") == 2 and "SUCCEEDED" in follow.stdout
     assert attntune_cli("jobs", "status", done_id, cwd=workdir).stdout.strip() == "SUCCEEDED"
 
-    client = MlflowClient(sqlite_uri(workdir))
+    client = MlflowClient(long_store)
     deadline = time.time() + 300
     while True:  # until a trial of the long search has reported an epoch
         exp = client.get_experiment_by_name("detached-stop")
