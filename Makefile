@@ -26,7 +26,7 @@ demo: install
 
 test: install browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -x --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=25 -p no:cacheprovider tests
 
 lint: install
 	$(BIN)/ruff check .

@@ -205,12 +205,13 @@ class SearchContext:
             load_if_exists=True,
         )
         experiment.result()
-        n_before = len(self.study.get_trials(deepcopy=False)) if self.resume else 0
-        if n_before:
+        if self.resume:
             # A resumed sampler with the job's seed would replay the first session's draws
             # (random and TPE start-up trials) and train the same configs again.
+            resumes = int(self.study.user_attrs.get("resumes", 0)) + 1
+            self.study.set_user_attr("resumes", resumes)
             self.study.sampler = strategy.make_sampler(
-                SamplerContext(self.job.space, seed + n_before, n_trials, self.job.concurrency)
+                SamplerContext(self.job.space, seed + 100_003 * resumes, n_trials, self.job.concurrency)
             )
         attrs = self.study.user_attrs
         if self.join:

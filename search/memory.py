@@ -5,11 +5,12 @@ and die with an out-of-memory error (or, several trials sharing a GPU, take its 
 with it). The search marks such a config INFEASIBLE instead, with the estimate and the limit in
 the reason, exactly as it does for ``max_params``.
 
-The estimate is deliberately simple, and calibrated against measured peaks on CPU (see
-``tests/search/test_memory.py``, within 30% there):
+The estimate is deliberately simple, and calibrated against measured peaks of live memory on CPU
+(``tests/search/test_memory.py`` checks three shapes within 30%; the calibration set of 14 came
+within 9%):
 
-- fp32 weights, their gradients, AdamW's two moments and the multi-tensor step's temporaries:
-  about 18.5 bytes per parameter;
+- fp32 weights, their gradients, AdamW's two moments and the optimizer step's temporaries:
+  about 18.3 bytes per parameter;
 - activations kept for the backward pass: ``tokens x d_model x layers x factor`` plus the
   feed-forward's ``tokens x d_ff x layers x factor`` (the factors count the tensors each layer
   saves), with ``tokens = batch x longest sequence``;
@@ -33,18 +34,18 @@ GiB = 1024**3
 MiB = 1024**2
 
 # Floats saved per token and per layer for the backward pass, fitted (non-negative least squares)
-# to peaks measured on CPU for 11 configs spanning vocabulary-, weight-, activation- and
-# attention-dominated shapes; every one came within 6% (docs/scale-out.md has the table).
-ENC_PER_D = 16.0  # LN in/out, fused QKV (3D) made contiguous, attention out, out-proj, residuals
-DEC_PER_D = 26.0  # the same plus cross-attention (query, memory keys/values, out-proj, LN3)
-EMB_PER_D = 10.0  # both embeddings, scaled, plus positions, dropout, final norms
-FF_PER_F = 3.0  # linear1 output, ReLU output, the backward's temporary of the same size
-FF_DROPOUT_PER_F = 1.5  # dropout output and mask after the ReLU
+# to the live peaks of 14 configs on CPU, spanning vocabulary-, weight-, activation- and
+# attention-dominated shapes: every one within 9% (docs/scale-out.md has the table).
+ENC_PER_D = 10.0  # LN in/out, Q/K/V (3D), attention out, out-proj, residuals
+DEC_PER_D = 16.0  # the same plus cross-attention (query, memory keys/values, out-proj, LN3)
+EMB_PER_D = 6.0  # both embeddings, scaled, plus positions, dropout, final norms
+FF_PER_F = 1.5  # linear1 output kept by the ReLU, and half the time the ReLU's own output
+FF_DROPOUT_PER_F = 0.5  # the dropout mask after the ReLU
 # Fused attention kernels keep no T x T tensor for the backward pass; what peaks is one attention
 # block's padding-mask bias and score tile at a time: batch x heads x T^2, once, not per layer.
-ATTN_FACTOR = 0.7
+ATTN_FACTOR = 0.6
 LOGITS_FACTOR = 4.3  # logits, log-softmax, the loss's gradient paths and the logits' gradient
-BYTES_PER_PARAM = 18.5  # fp32 weight, gradient, AdamW's two moments, multi-tensor step temporaries
+BYTES_PER_PARAM = 18.3  # fp32 weight, gradient, AdamW's two moments, the step's temporaries
 CUDA_OVERHEAD = 600 * MiB  # CUDA context, cuBLAS/cuDNN workspaces and allocator slack
 
 
@@ -176,7 +177,8 @@ def measure_peak_bytes(
 
     On CUDA: ``torch.cuda.max_memory_allocated``. On CPU: the growth of the process's peak resident
     set (``ru_maxrss``) over what it held before the model was built, so call it in a fresh
-    process (``python -m attntune.search.memory ...`` does). Used to check ``estimate_bytes``.
+    process started with ``MALLOC_MMAP_THRESHOLD_=131072`` (``python -m attntune.search.memory``
+    does both): the peak of live memory, identical from run to run. Checks ``estimate_bytes``.
     """
     import resource
 
@@ -243,6 +245,11 @@ def _main(argv: list[str] | None = None) -> None:
 
     from attntune.model.config import ModelConfig, TrainConfig, load_dataclass
 
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and argv is None:
+        # A fixed mmap threshold makes glibc return freed large blocks at once, so the peak
+        # resident set is the peak of live memory (run to run identical), not heap retention.
+        os.execve(sys.executable, [sys.executable, "-m", "attntune.search.memory", *sys.argv[1:]],
+                  {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})  # fmt: skip
     spec = json.loads((argv or sys.argv[1:])[0])
     model_cfg = load_dataclass(ModelConfig, spec.get("model", {}))
     train_cfg = load_dataclass(TrainConfig, spec.get("train", {}))

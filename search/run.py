@@ -54,6 +54,11 @@ def preflight(job: SearchJob) -> None:
 
     check_output_writable(job.output)
     check_tracking_uri(job.tracking.resolved_uri())
+    task = job.base.task
+    if task.name == "tsv" and task.path:
+        from attntune.model.data import build_tsv
+
+        build_tsv(task)  # a missing, empty or undecodable file exits 2 before any worker starts
     if job.backend != "optuna":
         # Bad data must exit 2 before Ray starts (the optuna backend overlaps this load with its
         # workers' start-up instead; SearchContext.open loads it, cached, either way).

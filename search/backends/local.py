@@ -116,6 +116,7 @@ class Pool:
 
 
 KEEP_WORKERS_ENV = "ATTNTUNE_KEEP_WORKERS"
+MAX_WARM_POOLS = 2
 _WARM: dict[tuple, Pool] = {}
 
 
@@ -164,6 +165,8 @@ def shutdown(pool: Pool) -> None:
         if old is not None and old is not pool:
             _stop(old)
         _WARM[pool.key] = pool
+        while len(_WARM) > MAX_WARM_POOLS:  # oldest first: dicts keep insertion order
+            _stop(_WARM.pop(next(iter(_WARM))))
         return
     _stop(pool)
 

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,14 +106,16 @@ def _scoped_env(values: dict[str, str]) -> Iterator[None]:
 def _loopback_node() -> Iterator[None]:
     """A local Ray's servers (GCS, raylet, agents) bind 127.0.0.1, not the machine's address.
 
-    Ray picks the node address through ``ray_constants.ENABLE_RAY_CLUSTER`` (False means
-    "loopback only", Ray's own default on macOS/Windows); it is read at import, so it is set for
-    the duration of ``ray.init`` and restored, so a later ``ray.init(address=...)`` in this
-    process still finds its routable address.
+    Ray picks a node's address with ``ray_constants.ENABLE_RAY_CLUSTER`` (False means "loopback
+    only", Ray's own default on macOS and Windows). The flag is set only while ``ray.init`` runs,
+    so a later ``ray.init(address=...)`` in this process still finds its routable address.
     """
-    from ray._private import ray_constants
-
-    saved = ray_constants.ENABLE_RAY_CLUSTER
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a Ray without this switch: its default address
+        yield
+        return
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
@@ -146,8 +149,7 @@ def prepare(job: Any, options: dict[str, Any]) -> RaySession:
                 else:
                     _start_local(ray, gpus)
         finally:
-            if term is not None:
-                signal.signal(signal.SIGTERM, term)
+            _restore_signals({signal.SIGTERM: term})
         session = RaySession(started=True, address=address)
     try:
         session.resources = {k: float(v) for k, v in ray.cluster_resources().items()}
@@ -179,6 +181,15 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"--address {address}: no Ray cluster answers there ({e.strerror or e})") from None
+
+
+def _restore_signals(handlers: dict[Any, Any]) -> None:
+    """Put back the handlers ``ray.init`` and Tune replace (only the main thread may)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _connect(ray: Any, address: str) -> None:
@@ -291,9 +302,7 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
         driver.stop_actors()
         raise
     finally:
-        for s, h in handlers.items():
-            if h is not None:
-                signal.signal(s, h)
+        _restore_signals(handlers)
         _DRIVERS.pop(key, None)
         shutdown(session)
 

@@ -130,7 +130,7 @@ def test_nan_stops_the_trial_at_once(searches: dict[int, SimpleNamespace]) -> No
 
 
 def test_best_and_export_are_never_a_failed_trial(searches: dict[int, SimpleNamespace]) -> None:
-    from attntune.search.export import export_config
+    from attntune.search.export import ExportError, export_config
 
     s = searches[0]
     t = s.result.table
@@ -141,6 +141,11 @@ def test_best_and_export_are_never_a_failed_trial(searches: dict[int, SimpleName
     )
     assert exported.trial.number not in FAULTS and exported.trial.state == "COMPLETE"
     assert exported.trial.number == int(s.result.best["number"])
+    # An export path outside the current folder and the search's folder is refused, unwritten.
+    outside = s.folder.parent / f"{s.folder.name}-elsewhere" / "best.yaml"
+    with pytest.raises(ExportError, match="must be inside the current folder or the search's output folder"):
+        export_config("faults", tracking_uri=s.store, output=outside, search_run=s.result.parent_run_id)
+    assert not outside.parent.exists()
 
 
 def test_retries_rerun_failed_trials_from_their_checkpoint_on_the_same_run(searches: dict[int, SimpleNamespace]) -> None:

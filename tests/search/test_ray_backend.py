@@ -33,13 +33,18 @@ WIDE_LR_SPACE = {
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
+    """One local Ray for the module (2 CPUs, no GPUs whatever the machine has)."""
     from attntune.search.backends.ray_backend import _loopback_node
 
-    assert not ray.is_initialized()
-    with _loopback_node():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started = not ray.is_initialized()
+    if started:
+        with _loopback_node():
+            ray.init(
+                num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False
+            )
     yield
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def _search(tmp_path: Path, template: Path, backend: str = "ray", **overrides) -> tuple[SearchResult, str]:

@@ -48,10 +48,7 @@ def _ray_backend_missing() -> str | None:
     return None
 
 
-BACKENDS = [
-    "optuna",
-    pytest.param("ray", marks=pytest.mark.skipif(_ray_backend_missing() is not None, reason=str(_ray_backend_missing()))),
-]
+needs_ray = pytest.mark.skipif(_ray_backend_missing() is not None, reason=str(_ray_backend_missing()))
 
 
 # --------------------------------------------------------------------------- the driver process
@@ -244,7 +241,7 @@ def test_sigkill_at_any_moment_then_resume(workdir: Path, mlflow_template: Path)
     store = fresh_store(mlflow_template, workdir / "store")
     n_trials = 5
     # Two thirds of the samples are over max_params: INFEASIBLE, never trained, not counted.
-    _job(workdir, store, "optuna", n_trials, max_params=10000)
+    _job(workdir, store, "optuna", n_trials, max_params=10000, concurrency=1)
     out = workdir / "attntune-runs" / NAME
     db = out / "study.db"
     kept: dict[int, tuple] = {}
@@ -300,11 +297,14 @@ def _assert_interrupted(d: Driver, code: int, name: str, out: Path, store: str) 
     assert not [r for r in children if r.info.status == "RUNNING"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sigterm_and_ctrl_c_exit_143_and_130_then_resume(backend: str, workdir: Path, mlflow_template: Path) -> None:
+def test_sigterm_and_ctrl_c_exit_143_and_130_then_a_resume_out_of_time(workdir: Path, mlflow_template: Path) -> None:
+    """SIGTERM and Ctrl-C: exit 143/130, the resume line, running trials' runs KILLED and their
+    Optuna trials RUNNING. A resume whose time limit is already spent reruns nothing, so those
+    trials end FAILED (failure_kind killed) in Optuna and KILLED in MLflow: nothing stays RUNNING.
+    (Resuming to the budget after SIGTERM: test_ray_backend_killed_then_terminated_then_resumed.)"""
     store = fresh_store(mlflow_template, workdir / "store")
     n_trials = 5
-    _job(workdir, store, backend, n_trials)
+    _job(workdir, store, "optuna", n_trials)
     out = workdir / "attntune-runs" / NAME
     db = out / "study.db"
 
@@ -315,8 +315,49 @@ def test_sigterm_and_ctrl_c_exit_143_and_130_then_resume(backend: str, workdir: 
 
     kept = finished(db)
     d = Driver(workdir, "resume", str(out), "-q")
-    d.signal_when(lambda: len(finished(db)) > len(kept) and running_with_an_epoch(db), signal.SIGINT)
+    d.signal_when(completed_more_than(db, len(kept)), signal.SIGINT)
     _assert_interrupted(d, 130, "SIGINT", out, store)
+    assert_kept(kept, db)
+
+    kept = finished(db)
+    left = {n for (n,) in _rows(db, "SELECT number FROM trials WHERE state = 'RUNNING'")}
+    _job(workdir, store, "optuna", n_trials, budget={"time_limit": 0.001})
+    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
+    assert d.wait() == 0, d.stderr
+    assert_kept(kept, db)
+    study = load_study(out)
+    assert study.user_attrs["mlflow_parent_run_id"] == parent
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    parents, children = _runs(store)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    by_number = {int(r.data.tags["attntune.trial_number"]): r for r in children}
+    assert len(children) == len(study.trials)
+    for t in study.trials:
+        if t.number in left:
+            assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["failure_kind"] == "killed"
+            run = by_number[t.number]
+            assert run.info.status == "KILLED" and run.data.tags["failure_kind"] == "killed"
+
+
+@needs_ray
+def test_ray_backend_killed_then_terminated_then_resumed(workdir: Path, mlflow_template: Path) -> None:
+    """The same guarantees with trials on Ray: SIGKILL mid-trial, resume, SIGTERM mid-trial
+    (exit 143, Ray's trials' runs KILLED), resume to the budget."""
+    store = fresh_store(mlflow_template, workdir / "store")
+    n_trials = 5
+    _job(workdir, store, "ray", n_trials)
+    out = workdir / "attntune-runs" / NAME
+    db = out / "study.db"
+
+    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
+    assert d.signal_when(lambda: running_with_an_epoch(db)) == -signal.SIGKILL
+    parent = _parent(db)
+    kept = finished(db)
+
+    d = Driver(workdir, "resume", str(out), "-q")
+    d.signal_when(completed_more_than(db, len(kept)), signal.SIGTERM)
+    _assert_interrupted(d, 143, "SIGTERM", out, store)
     assert_kept(kept, db)
 
     kept = finished(db)
@@ -324,30 +365,3 @@ def test_sigterm_and_ctrl_c_exit_143_and_130_then_resume(backend: str, workdir: 
     assert d.wait() == 0, d.stderr
     assert_kept(kept, db)
     assert_one_consistent_search(out, store, n_trials, parent)
-
-
-def test_trials_a_resume_will_not_rerun_are_ended_not_left_running(workdir: Path, mlflow_template: Path) -> None:
-    """Resumed with its time limit already spent: the killed trials are not rerun, so they end
-    FAILED (failure_kind killed) in Optuna and KILLED in MLflow; nothing stays RUNNING."""
-    store = fresh_store(mlflow_template, workdir / "store")
-    _job(workdir, store, "optuna", 4)
-    out = workdir / "attntune-runs" / NAME
-    db = out / "study.db"
-    d = Driver(workdir, "run", "job.yaml", "--no-report", "-q")
-    assert d.signal_when(lambda: running_with_an_epoch(db)) == -signal.SIGKILL
-    killed = {n for n, in _rows(db, "SELECT number FROM trials WHERE state = 'RUNNING'")}
-    kept = finished(db)
-    _job(workdir, store, "optuna", 4, budget={"time_limit": 0.001})
-    d = Driver(workdir, "run", "job.yaml", "--resume", "--no-report", "-q")
-    assert d.wait() == 0, d.stderr
-    assert_kept(kept, db)
-    study = load_study(out)
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-    _, children = _runs(store)
-    assert not [r for r in children if r.info.status == "RUNNING"]
-    by_number = {int(r.data.tags["attntune.trial_number"]): r for r in children}
-    for t in study.trials:
-        if t.number in killed:
-            assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["failure_kind"] == "killed"
-            run = by_number[t.number]
-            assert run.info.status == "KILLED" and run.data.tags["failure_kind"] == "killed"
