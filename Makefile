@@ -26,9 +26,7 @@ demo: install
 
 test: install browser
 	$(BIN)/ruff check .
-	# tests/search/test_submit_cluster.py (issue 7, two-node Ray cluster + `attntune submit`) is not yet
-	# passing and is left out until it does; see the issue's note.
-	$(BIN)/python -m pytest -q --durations=25 -p no:cacheprovider --ignore=tests/search/test_submit_cluster.py tests
+	$(BIN)/python -m pytest -q --durations=25 -p no:cacheprovider tests
 
 lint: install
 	$(BIN)/ruff check .

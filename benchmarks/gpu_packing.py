@@ -168,7 +168,7 @@ def run_trial(spec: dict[str, Any], steps: int, device: torch.device, vocab: int
         "layers": cfg.n_encoder_layers,
         "peak_bytes": peak,
         # what the allocator sees: the estimate without the CUDA context and workspaces
-        "estimate_bytes": estimate - (MEMORY.CUDA_OVERHEAD if cuda else 0),
+        "estimate_bytes": estimate - (MEMORY.CUDA_OVERHEAD if cuda else MEMORY.CPU_OVERHEAD),
         "final_loss": value,
     }
 

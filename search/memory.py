@@ -6,21 +6,21 @@ with it). The search marks such a config INFEASIBLE instead, with the estimate a
 the reason, exactly as it does for ``max_params``.
 
 The estimate is deliberately simple, and calibrated against measured peaks of live memory on CPU
-(``tests/search/test_memory.py`` checks three shapes within 30%; the calibration set of 14 came
-within 9%):
+(``tests/search/test_memory.py`` checks three shapes within 30%; the calibration set of 17 came
+within 12%):
 
-- fp32 weights, their gradients, AdamW's two moments and the optimizer step's temporaries:
-  about 18.3 bytes per parameter;
+- fp32 weights, their gradients and AdamW's two moments: 16 bytes per parameter;
 - activations kept for the backward pass: ``tokens x d_model x layers x factor`` plus the
   feed-forward's ``tokens x d_ff x layers x factor`` (the factors count the tensors each layer
   saves), with ``tokens = batch x longest sequence``;
 - attention scores ``batch x heads x T^2`` (one block's worth: fused attention kernels keep no
   T x T tensor for the backward pass);
-- the output logits with their log-softmax and gradients, ``tokens x target vocabulary x 4.3``.
+- the output logits with their log-softmax and gradients, ``tokens x target vocabulary x 4``.
 
 Activations are 2 bytes under bf16 autocast on a GPU, 4 otherwise; a GPU trial adds the CUDA
-context and library workspaces. Only the standard library is imported at module level, so the
-driver can plan trials without touching a GPU.
+context and library workspaces, a CPU trial what torch's first training step allocates for itself.
+Only the standard library is imported at module level, so the driver can plan trials without
+touching a GPU.
 """
 
 from __future__ import annotations
@@ -34,18 +34,19 @@ GiB = 1024**3
 MiB = 1024**2
 
 # Floats saved per token and per layer for the backward pass, fitted (non-negative least squares)
-# to the live peaks of 14 configs on CPU, spanning vocabulary-, weight-, activation- and
-# attention-dominated shapes: every one within 9% (docs/scale-out.md has the table).
-ENC_PER_D = 10.0  # LN in/out, Q/K/V (3D), attention out, out-proj, residuals
-DEC_PER_D = 16.0  # the same plus cross-attention (query, memory keys/values, out-proj, LN3)
-EMB_PER_D = 6.0  # both embeddings, scaled, plus positions, dropout, final norms
+# to the live peaks of 17 configs on CPU, spanning vocabulary-, weight-, activation- and
+# attention-dominated shapes: every one within 12% (docs/scale-out.md has the table).
+ENC_PER_D = 7.5  # LN in/out, Q/K/V, attention out, out-proj input, residuals
+DEC_PER_D = 12.0  # the same plus cross-attention (query, memory keys/values, out-proj, LN3)
+EMB_PER_D = 4.5  # both embeddings, scaled, plus positions, dropout, final norms
 FF_PER_F = 1.5  # linear1 output kept by the ReLU, and half the time the ReLU's own output
 FF_DROPOUT_PER_F = 0.5  # the dropout mask after the ReLU
 # Fused attention kernels keep no T x T tensor for the backward pass; what peaks is one attention
 # block's padding-mask bias and score tile at a time: batch x heads x T^2, once, not per layer.
-ATTN_FACTOR = 0.6
-LOGITS_FACTOR = 4.3  # logits, log-softmax, the loss's gradient paths and the logits' gradient
-BYTES_PER_PARAM = 18.3  # fp32 weight, gradient, AdamW's two moments, the step's temporaries
+ATTN_FACTOR = 0.25
+LOGITS_FACTOR = 4.0  # logits, log-softmax, the loss's gradient paths and the logits' gradient
+BYTES_PER_PARAM = 16.0  # fp32 weight, gradient and AdamW's two moments (the fused step adds none)
+CPU_OVERHEAD = 90 * MiB  # what the first training step adds on CPU: autograd engine, thread pools
 CUDA_OVERHEAD = 600 * MiB  # CUDA context, cuBLAS/cuDNN workspaces and allocator slack
 
 
@@ -80,9 +81,7 @@ def estimate_bytes(
     logits = tokens * tgt_vocab * LOGITS_FACTOR
     act_bytes = 2 if (cuda and getattr(train_cfg, "bf16", False)) else 4
     total = p * BYTES_PER_PARAM + act_bytes * (tokens * per_token + attn) + 4 * logits
-    if cuda:
-        total += CUDA_OVERHEAD
-    return int(total)
+    return int(total + (CUDA_OVERHEAD if cuda else CPU_OVERHEAD))
 
 
 def longest_sequence(data: Any) -> int:

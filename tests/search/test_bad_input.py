@@ -41,6 +41,7 @@ class Case:
     needles: tuple[str, ...]
     files: dict[str, bytes] | None = None
     args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
 
 
 def _job(**overrides: Any) -> dict[str, Any]:
@@ -96,7 +97,11 @@ CASES: dict[str, Case] = {
         ("error: latin1.tsv:2: undecodable bytes at column 5 (byte 0xe9); the file must be UTF-8",),
         files={"latin1.tsv": b"one\tun\ncaf\t\xe9t\xe9\n"},
     ),
-    "data-missing-ray-backend": Case(_job(task=_tsv("nowhere.tsv"), backend="ray"), ("nowhere.tsv: file not found",)),
+    # With RAY_ADDRESS pointing nowhere, touching Ray at all would end in a different error.
+    "data-missing-ray-backend": Case(
+        _job(task=_tsv("nowhere.tsv"), backend="ray"), ("error: nowhere.tsv: file not found",),
+        env={"RAY_ADDRESS": "127.0.0.1:{closed_port}"},
+    ),
     "output-under-a-file": Case(
         _job(output="somefile/sub"), ("error: output: ", "somefile exists and is not a folder"), files={"somefile": b"x"}
     ),
@@ -124,9 +129,10 @@ def snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
-def _env(folder: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def _env(folder: Path, extra: dict[str, str] | None = None, port: int = 0) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["RAY_TMPDIR"] = str(folder / "raytmp")
+    env.update({k: v.format(closed_port=port) for k, v in (extra or {}).items()})
     return env
 
 
@@ -165,7 +171,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> dict
             folder.mkdir()
             cmd = _prepare(folder, case, mlflow_template, port)
             before = snapshot(folder)
-            proc = subprocess.Popen(cmd, cwd=folder, env=_env(folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env = _env(folder, case.env, port)
+            proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             running.append((name, proc, folder, before, time.monotonic()))
         name, proc, folder, before, t0 = running.pop(0)
         try:

@@ -61,13 +61,13 @@ def _per_device(t: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def _packed_job(tmp_path: Path, template: Path, backend: str, **overrides):
+def _packed_job(tmp_path: Path, template: Path, backend: str, n_trials: int, **overrides):
     store = fresh_store(template, tmp_path)
     raw = tiny_job(
         f"pack-{backend}",
         backend=backend,
         resources={"gpus": 0.5, "cpus": 0.5},
-        budget={"n_trials": 6, "max_epochs": 1, "min_epochs": 1},
+        budget={"n_trials": n_trials, "max_epochs": 1, "min_epochs": 1},
         tracking=store,
         output=str(tmp_path / "out"),
         **overrides,
@@ -78,7 +78,7 @@ def _packed_job(tmp_path: Path, template: Path, backend: str, **overrides):
 def test_optuna_backend_pins_workers_to_device_slots(tmp_path: Path, mlflow_template: Path) -> None:
     """Five requested, four fit (two 0.5-GPU trials on each of two devices); each worker keeps
     its device for every trial it runs."""
-    job = _packed_job(tmp_path, mlflow_template, "optuna", concurrency=5)
+    job = _packed_job(tmp_path, mlflow_template, "optuna", 6, concurrency=5)
     result = run_search(job, gpus=["0", "1"], quiet=True, report=False)
     t = result.table
     from attntune.search.results import load_study
@@ -99,16 +99,16 @@ def test_ray_backend_packs_fractional_trials_on_logical_gpus(tmp_path: Path, mlf
     import ray
 
     assert not ray.is_initialized()
-    job = _packed_job(tmp_path, mlflow_template, "ray", concurrency=4)
+    job = _packed_job(tmp_path, mlflow_template, "ray", 4, concurrency=4)
     result = run_search(job, gpus=["0", "1"], quiet=True, report=False)
     assert not ray.is_initialized()  # the backend stops the Ray it started
     t = result.table
-    assert len(t) == 6 and set(t["state"]) == {"COMPLETE"}
+    assert len(t) == 4 and set(t["state"]) == {"COMPLETE"}
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient(job.tracking.resolved_uri()).search_runs([result.experiment_id], max_results=100)
     children = [r for r in runs if r.data.tags.get("attntune.kind") == "trial"]
-    assert len(children) == 6
+    assert len(children) == 4
     for r in children:  # the visible device is the one Ray assigned, and only that one
         assert r.data.tags["cuda_visible_devices"] == r.data.tags["gpu_ids"]
         assert r.data.tags["cuda_visible_devices"] in {"0", "1"}

@@ -24,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attntune.search.cli import main
+from attntune.search.submit import local_status, read_record
 from tests.conftest import attntune_cli, fresh_store, sqlite_uri, tiny_job, write_job
 from tests.search.test_team import free_port, pg_database, start_mlflow_server, stop_process_group, wait_http
 
@@ -83,18 +84,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         head_log = folder / "head.log"
         ray = str(Path(VENV_BIN) / "ray")
         common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--object-store-memory", "80000000", "--disable-usage-stats"]
+
+        def own_ports() -> list[str]:
+            """Each node's agents on free ports: Ray's fixed defaults (52365 ...) would collide
+            between the two nodes on one host, or with any other Ray on the machine."""
+            out = []
+            for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port"):
+                out += [flag, str(free_port())]
+            return out
+
         with open(head_log, "wb") as out:
             procs.append(
                 subprocess.Popen(
                     [ray, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1",
-                     "--dashboard-port", str(dash_port), "--include-dashboard", "true", "--temp-dir", str(temp), *common],
+                     "--dashboard-port", str(dash_port), "--include-dashboard", "true", "--temp-dir", str(temp), *common, *own_ports()],
                     stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )  # fmt: skip
             )
 
         def stop_ray() -> None:
-            for p in reversed(procs):
-                stop_process_group(p, grace=30)
+            # The cluster is thrown away: no graceful drain (a `ray start --block` takes ~15 s).
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
             _kill_leftovers(str(temp))
             import shutil
 
@@ -108,7 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 subprocess.Popen(
                     # Its own temp folder: two raylets on one host must not share the folder
                     # where runtime envs are unpacked (each would delete the other's).
-                    [ray, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", f"{temp}-n2", *common],
+                    [ray, "start", "--address", f"127.0.0.1:{port}", "--temp-dir", f"{temp}-n2", *common, *own_ports()],
                     stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )  # fmt: skip
             )
@@ -156,57 +169,63 @@ def _runs(tracking: str, name: str) -> tuple[list, list]:
     )
 
 
-def test_submitted_search_runs_on_both_nodes_and_logs_to_the_server(cluster: Cluster, workdir: Path) -> None:
-    job = write_job(
-        workdir,
-        tiny_job("cluster", backend="ray", concurrency=2, tracking=cluster.tracking, budget={"n_trials": 4, "max_epochs": 1, "min_epochs": 1}),
-    )
-    r = _cli(cluster, "submit", str(job), "--address", cluster.dashboard, "--no-report", cwd=workdir)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().splitlines()[-1]
-    assert job_id.startswith("attntune-cluster-")
-    _wait_status(cluster, job_id, {"SUCCEEDED"})
+def _in_process(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Run the CLI in this process (no interpreter start): its stdout, after exit code 0."""
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    return out.out
 
-    status = _cli(cluster, "jobs", "status", job_id, "--address", cluster.dashboard, cwd=workdir)
+
+def test_submitted_searches_run_on_both_nodes_log_to_the_server_and_stop(
+    cluster: Cluster, workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two searches submitted back to back (their drivers start together; the second's trials wait
+    for the cluster's two CPUs): the first runs to SUCCEEDED with one trial on each node, the second
+    is stopped while training and its running trials end KILLED."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the in-process CLI calls, as the cluster
+    short = write_job(
+        workdir,
+        tiny_job("cluster", backend="ray", concurrency=2, tracking=cluster.tracking, budget={"n_trials": 2, "max_epochs": 1, "min_epochs": 1}),
+        "short.yaml",
+    )
+    long = write_job(
+        workdir,
+        tiny_job("cluster-stop", backend="ray", concurrency=2, tracking=cluster.tracking, budget={"n_trials": 2, "max_epochs": 200, "min_epochs": 1}),
+        "long.yaml",
+    )
+    ids = []
+    for job, extra in ((short, ["--no-report"]), (long, [])):
+        r = _cli(cluster, "submit", str(job), "--address", cluster.dashboard, *extra, cwd=workdir)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip().splitlines()[-1])
+    done_id, stop_id = ids
+    assert done_id.startswith("attntune-cluster-") and stop_id.startswith("attntune-cluster-stop-")
+    _wait_status(cluster, done_id, {"SUCCEEDED"})
+
+    status = _cli(cluster, "jobs", "status", done_id, "--address", cluster.dashboard, cwd=workdir)
     assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED"
-    logs = _cli(cluster, "jobs", "logs", job_id, "--address", cluster.dashboard, cwd=workdir)
-    assert logs.returncode == 0 and logs.stdout.count("COMPLETE  t") == 4
-    listed = _cli(cluster, "jobs", "list", "--address", cluster.dashboard, cwd=workdir)
-    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+    assert _in_process(capsys, "jobs", "logs", done_id, "--address", cluster.dashboard).count("COMPLETE  t") == 2
+    listed = _in_process(capsys, "jobs", "list", "--address", cluster.dashboard)
+    assert done_id in listed and stop_id in listed and "SUCCEEDED" in listed
 
     parents, children = _runs(cluster.tracking, "cluster")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and {c.data.tags["attntune.state"] for c in children} == {"COMPLETE"}
+    assert len(children) == 2 and {c.data.tags["attntune.state"] for c in children} == {"COMPLETE"}
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-    assert len({c.data.tags["node_id"] for c in children}) == 2  # trials ran on both nodes
+    assert len({c.data.tags["node_id"] for c in children}) == 2  # one CPU per node: both nodes ran a trial
     assert "results.csv" in {a.path for a in MlflowClient(cluster.tracking).list_artifacts(parents[0].info.run_id)}
-    assert sorted(p.name for p in workdir.iterdir()) == ["job.yaml"]  # nothing on the submitter's disk
 
-
-def test_jobs_stop_ends_the_search_and_its_running_trials_killed(cluster: Cluster, workdir: Path) -> None:
-    job = write_job(
-        workdir,
-        tiny_job(
-            "cluster-stop",
-            backend="ray",
-            concurrency=2,
-            tracking=cluster.tracking,
-            budget={"n_trials": 2, "max_epochs": 200, "min_epochs": 1},
-        ),
-    )
-    r = _cli(cluster, "submit", str(job), "--address", cluster.dashboard, cwd=workdir)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().splitlines()[-1]
-    _wait_status(cluster, job_id, {"RUNNING"})
     deadline = time.time() + 300
-    while True:  # until a trial has reported an epoch: it is really training
+    while True:  # until a trial of the long search has reported an epoch: it is really training
         _, children = _runs(cluster.tracking, "cluster-stop")
         running = [c for c in children if c.info.status == "RUNNING" and c.data.metrics]
         if running:
             break
-        assert time.time() < deadline, _client(cluster).get_job_logs(job_id)[-4000:]
+        assert time.time() < deadline, _client(cluster).get_job_logs(stop_id)[-4000:]
         time.sleep(1.0)
-    stop = _cli(cluster, "jobs", "stop", job_id, "--address", cluster.dashboard, cwd=workdir)
+    stop = _cli(cluster, "jobs", "stop", stop_id, "--address", cluster.dashboard, cwd=workdir)
     assert stop.returncode == 0 and stop.stdout.strip() == "STOPPED", stop.stderr
     parents, children = _runs(cluster.tracking, "cluster-stop")
     assert parents[0].info.status == "KILLED"
@@ -214,6 +233,7 @@ def test_jobs_stop_ends_the_search_and_its_running_trials_killed(cluster: Cluste
     killed = [c for c in children if c.info.status == "KILLED"]
     assert {c.info.run_id for c in running} <= {c.info.run_id for c in killed}
     assert all(c.data.tags["attntune.state"] == "KILLED" for c in killed)
+    assert sorted(p.name for p in workdir.iterdir()) == ["long.yaml", "short.yaml"]  # nothing else on this disk
 
 
 def test_submit_to_a_cluster_refuses_a_local_tracking_store(workdir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -229,7 +249,9 @@ def test_submit_to_a_cluster_refuses_a_local_tracking_store(workdir: Path, capsy
     assert sorted(p.name for p in workdir.iterdir()) == ["job.yaml"]
 
 
-def test_local_submit_runs_detached_and_jobs_commands_follow_it(workdir: Path, mlflow_template: Path) -> None:
+def test_local_submit_runs_detached_and_jobs_commands_follow_it(
+    workdir: Path, mlflow_template: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Two detached searches at once (each its own store), one followed to the end, one stopped."""
     short = write_job(
         workdir,
@@ -262,15 +284,16 @@ def test_local_submit_runs_detached_and_jobs_commands_follow_it(workdir: Path, m
         running = [r for r in runs if r.data.tags.get("attntune.kind") == "trial" and r.info.status == "RUNNING" and r.data.metrics]
         if running:
             break
-        assert attntune_cli("jobs", "status", stop_id, cwd=workdir).stdout.strip() == "RUNNING"
+        assert local_status(read_record(stop_id)) == "RUNNING"  # what `jobs status` prints, in-process
         assert time.time() < deadline
         time.sleep(1.0)
-    listed = attntune_cli("jobs", "list", cwd=workdir).stdout
+    listed = _in_process(capsys, "jobs", "list")
     assert done_id in listed and stop_id in listed and "RUNNING" in listed
     stop = attntune_cli("jobs", "stop", stop_id, cwd=workdir, timeout=200)
     assert stop.returncode == 0 and stop.stdout.strip() == "STOPPED", stop.stderr
     run = client.get_run(running[0].info.run_id)
     assert run.info.status == "KILLED" and run.data.tags["attntune.state"] == "KILLED"
     assert "SIGTERM" in (workdir / "attntune-runs" / "detached-stop" / f"{stop_id}.log").read_text()
-    unknown = attntune_cli("jobs", "status", "attntune-nope", cwd=workdir)
-    assert unknown.returncode == 2 and unknown.stderr.startswith("error: job attntune-nope")
+    with pytest.raises(SystemExit) as e:
+        main(["jobs", "status", "attntune-nope"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: job attntune-nope")
