@@ -7,6 +7,16 @@ table of real learning curves over a full cartesian grid (``benchmarks/record_cu
 curve epoch by epoch: ``trial.report`` + ``should_prune`` exactly as the search engine does, a
 completed trial's value is its best epoch (``engine.trial_value``), and the budget counts epochs.
 
+The scheduler judges a report only when the engine would: ``attntune.search.worker.wants_decision``
+with the engine's ``(min_epochs, max_epochs, the trial's train.warmup_steps)`` (as
+``SearchContext.decision_epochs``) and the report's ``step``, the global optimizer step at the end of
+the epoch, so no trial is judged before its learning-rate warmup has ended. The step is the table's
+``step`` column where it has one; otherwise epoch x the recorded runs' steps per epoch
+(``epoch_steps``: min(training batches, ``train.max_steps_per_epoch``) as ``model.train`` counts them,
+the batches counted by building the header's task; 15 on both recorded tables). A table without a
+``train`` header (hand-made ones) has no step, and its reports are judged at every epoch from
+``min_epochs`` to the last but one, as the engine judges a report without a step.
+
     from benchmarks.replay import load_curves, replay
     curves = load_curves("benchmarks/data/curves_numbers.csv")
     trace = replay("tpe", "hyperband", curves, budget_epochs=256, seed=0)
@@ -31,7 +41,10 @@ from typing import Any
 
 import yaml
 
+from attntune.search.worker import wants_decision
 from attntune.spaces.space import Space, parse_space
+
+REPO = Path(__file__).resolve().parents[1]  # recorded task paths are relative to the repository root
 
 
 class CurveError(ValueError):
@@ -173,6 +186,111 @@ def load_curves(path: str | Path) -> Curves:
     return curves_from_rows(space, list(csv.DictReader(body)), meta, p.name)
 
 
+# ----------------------------------------------------------------------- scheduler decisions
+
+_EPOCH_STEPS: dict[str, tuple[int | None, str]] = {}
+
+
+def _train_config(curves: Curves) -> Any:
+    from attntune.model.config import ConfigError, TrainConfig, load_dataclass
+
+    try:
+        return load_dataclass(TrainConfig, dict(curves.meta.get("train") or {}))
+    except ConfigError as e:
+        raise CurveError(f"{curves.path}: train header: {e}") from None
+
+
+def epoch_steps(curves: Curves) -> tuple[int | None, str]:
+    """(optimizer steps per epoch of the recorded runs, how that was found), for the ``step`` of a
+    report when the table has no ``step`` column; (None, why) when it cannot be known.
+
+    As ``model.train``: min(batches of the training split, ``train.max_steps_per_epoch``), or
+    ``train.round_steps``. The batches are counted exactly (``load_task`` + ``batch_indices``, as
+    training does; no torch, well under a second); when the task's data cannot be read, from the
+    header's pair counts (``n_train``, or ``max_pairs`` minus validation and test), an upper bound
+    that ignores the pairs ``max_tokens`` drops.
+    """
+    meta = curves.meta
+    cache_key = json.dumps([curves.path, meta.get("task"), meta.get("train")], sort_keys=True, default=str)
+    if cache_key in _EPOCH_STEPS:
+        return _EPOCH_STEPS[cache_key]
+    if "train" not in meta:
+        out: tuple[int | None, str] = (None, "no train header: reports carry no step")
+    else:
+        train = _train_config(curves)
+        if train.round_steps is not None:
+            out = (int(train.round_steps), f"train.round_steps {train.round_steps}")
+        elif train.round_tokens is not None:
+            raise CurveError(
+                f"{curves.path}: epochs are rounds of train.round_tokens={train.round_tokens} tokens, "
+                "so the step of a report is unknown: record the table with a 'step' column"
+            )
+        elif "task" not in meta:
+            out = (None, "no task header: reports carry no step")
+        else:
+            n_batches, how = _count_batches(meta["task"], train)
+            cap = train.max_steps_per_epoch
+            if n_batches is None and cap is None:
+                out = (None, f"{how}; reports carry no step")
+            else:
+                per = min(x for x in (n_batches, cap) if x is not None)
+                out = (per, f"min({n_batches} batches ({how}), max_steps_per_epoch {cap})")
+    _EPOCH_STEPS[cache_key] = out
+    return out
+
+
+def _count_batches(task: Mapping[str, Any], train: Any) -> tuple[int | None, str]:
+    """Training batches per epoch of the recorded task: exact, else the header's upper bound."""
+    from attntune.model.config import ConfigError, TaskConfig, load_dataclass
+
+    try:
+        cfg = load_dataclass(TaskConfig, dict(task))
+    except ConfigError as e:
+        raise CurveError(f"task header: {e}") from None
+    try:
+        from attntune.model.data import DataError, batch_indices, load_task
+
+        data = load_task(cfg, base_dir=REPO)
+        return len(batch_indices(data.train, train.batch_size, train.batch_unit)), "counted"
+    except (ConfigError, DataError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if train.batch_unit != "sentences":
+        return None, f"task not readable ({reason})"
+    n_eval = cfg.val_size + cfg.test_size
+    total = cfg.max_pairs if cfg.path else cfg.n_train + n_eval
+    if cfg.path is None and cfg.max_pairs is not None:
+        total = min(total, cfg.max_pairs)
+    if total is None:
+        return None, f"task not readable ({reason})"
+    pairs = total - n_eval
+    return -(-pairs // train.batch_size), f"from the header's {pairs} training pairs, task not readable"
+
+
+def trial_warmup(curves: Curves, values: Mapping[str, Any]) -> int:
+    """The trial's ``train.warmup_steps``: its searched value, else the header's fixed setting."""
+    if "train.warmup_steps" in values:
+        return int(canon(values["train.warmup_steps"]))
+    return int(_train_config(curves).warmup_steps)
+
+
+def decision_epochs(
+    curves: Curves, values: Mapping[str, Any], min_epochs: int, judges: bool = True
+) -> tuple[int, int, int] | None:
+    """``SearchContext.decision_epochs`` for a replayed trial: (min_epochs, the last epoch, the
+    trial's warmup steps), None for a scheduler that never stops trials."""
+    if not judges:
+        return None
+    return (min_epochs, curves.max_epochs, trial_warmup(curves, values))
+
+
+def report(metrics: Mapping[str, float], epoch: int, per_epoch: int | None) -> Mapping[str, float]:
+    """An epoch's report as the engine receives it: the recorded metrics, with ``step`` (the global
+    optimizer step at the end of the epoch) from the table, else ``epoch x per_epoch``."""
+    if "step" in metrics or per_epoch is None:
+        return metrics
+    return {**metrics, "step": float(epoch * per_epoch)}
+
+
 # ------------------------------------------------------------------------------------ replay
 
 
@@ -243,6 +361,7 @@ def replay(
     n_trials: int | None = None,
     min_epochs: int = 1,
     study_name: str = "replay",
+    warmup_gate: bool = True,
 ) -> Trace:
     """Run ``strategy`` + ``scheduler`` on ``curves`` until ``budget_epochs`` epochs (or ``n_trials``) are spent.
 
@@ -250,7 +369,10 @@ def replay(
     ``n_trials`` (default: the budget in full trials, ``budget_epochs // max_epochs``), which sets
     the model-based samplers' random start-up trials the way ``attntune run`` does. Trials run one
     at a time (concurrency 1). The Hyperband pruner assigns brackets by study name and trial
-    number, so ``study_name`` must match a real search's job name to reproduce it.
+    number, so ``study_name`` must match a real search's job name to reproduce it. The pruner
+    judges a report only when ``worker.wants_decision`` lets the engine ask it (module docstring);
+    ``warmup_gate=False`` leaves the step out of the reports, i.e. judges during warmup too (the
+    replays before the engine had the gate).
     """
     import optuna
 
@@ -269,9 +391,9 @@ def replay(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", FutureWarning)
         sampler = STRATEGIES.get(strategy).make_sampler(SamplerContext(curves.space, seed, n_ctx, 1))
-    pruner = SCHEDULERS.get(scheduler).optuna_pruner(
-        Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs)
-    )
+    sched = SCHEDULERS.get(scheduler)
+    pruner = sched.optuna_pruner(Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs))
+    per_epoch = epoch_steps(curves)[0] if warmup_gate else None
     study = optuna.create_study(
         study_name=study_name,
         sampler=sampler,
@@ -287,6 +409,7 @@ def replay(
         trial = study.ask()
         values = curves.space.sample(trial)
         curve = curves.curve(values)
+        decide = decision_epochs(curves, values, min_epochs, sched.judges)
         seen: list[float] = []
         state = COMPLETE
         for epoch, metrics in enumerate(curve, 1):
@@ -299,8 +422,10 @@ def replay(
             if not math.isfinite(value):
                 continue
             trial.report(value, epoch)
-            # As the engine: no pruning decision at the last epoch.
-            if epoch < full and trial.should_prune():
+            # As the engine (SearchContext.on_report): the pruner is asked only when wants_decision
+            # holds: min_epochs <= epoch < the last epoch, and the warmup has ended.
+            shown = report(metrics, epoch, per_epoch) if warmup_gate else None
+            if wants_decision(decide, epoch, shown) and trial.should_prune():
                 state = PRUNED
                 break
         finite = [v for v in seen if math.isfinite(v)]

@@ -8,11 +8,14 @@ best at the full budget; for every pair the script prints the median over seeds 
 budget spent until its best completed trial reached that value ("not reached" counts as more than 1),
 and the same fraction for reaching the table's best configuration. Both medians are order statistics,
 sorted(x)[n // 2] ("what a majority of seeds achieve"; the plain median for the default 21 seeds), so
-the target is a recorded value. Targets (issue 3): bohb <= 1/3, tpe <= 1/2.
+the target is a recorded value. Targets (issue 3): bohb <= 1/3, tpe <= 1/2. As in the engine, a
+pruner is asked only once a trial's learning-rate warmup has ended (``worker.wants_decision``, see
+``benchmarks/replay.py``); ``--no-warmup-gate`` asks it during warmup too, for comparison.
 
     python benchmarks/search_efficiency.py                         # every CSV in benchmarks/data, 21 seeds
     python benchmarks/search_efficiency.py --seeds 50 --jobs 2
     python benchmarks/search_efficiency.py --real-check            # plus one real tpe+asha search (~3 min)
+    python benchmarks/search_efficiency.py --no-warmup-gate        # prune during warmup (the old replay)
 
 ``--real-check`` runs ``attntune run`` (optuna backend, tpe+asha, 12 trials, concurrency 1) on the
 first table's task with exactly its grid, then prints the real search's trials next to the replay of
@@ -37,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/search_efficiency.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.replay import CurveError, Curves, Trace, load_curves, median, replay  # noqa: E402
+from benchmarks.replay import CurveError, Curves, Trace, epoch_steps, load_curves, median, replay  # noqa: E402
 
 DATA_DIR = REPO / "benchmarks" / "data"
 # (label, strategy, scheduler)
@@ -62,10 +65,12 @@ def _curves(path: str) -> Curves:
     return _CURVES[path]
 
 
-def _one(args: tuple[str, str, str, int, int, str, str]) -> tuple[str, int, Trace, float]:
-    path, strategy, scheduler, budget, seed, metric, mode = args
+def _one(args: tuple[str, str, str, int, int, str, str, bool]) -> tuple[str, int, Trace, float]:
+    path, strategy, scheduler, budget, seed, metric, mode, gate = args
     t0 = time.perf_counter()
-    trace = replay(strategy, scheduler, _curves(path), budget, seed, metric=metric, mode=mode)
+    trace = replay(
+        strategy, scheduler, _curves(path), budget, seed, metric=metric, mode=mode, warmup_gate=gate
+    )
     return f"{strategy}/{scheduler}", seed, trace, time.perf_counter() - t0
 
 
@@ -98,7 +103,9 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
     wanted = set(args.pairs.split(",")) | {"random"} if args.pairs else {label for label, _, _ in PAIRS}
     pairs = [pair for pair in PAIRS if pair[0] in wanted]
     jobs = [
-        (str(path), s, sch, budget, seed, args.metric, args.mode) for _, s, sch in pairs for seed in seeds
+        (str(path), s, sch, budget, seed, args.metric, args.mode, not args.no_warmup_gate)
+        for _, s, sch in pairs
+        for seed in seeds
     ]
     t0 = time.perf_counter()
     traces: dict[str, dict[int, Trace]] = {}
@@ -126,6 +133,15 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
         f"budget {budget} epochs (= {budget_trials} full trials), {len(seeds)} seeds, "
         f"metric {args.metric} ({args.mode}); replays took {wall:.1f}s wall"
     )
+    if args.no_warmup_gate:
+        print("no warmup gate (--no-warmup-gate): pruners also judge trials still warming up")
+    else:
+        per_epoch, how = epoch_steps(curves)
+        print(
+            f"pruners judge a trial only once its warmup has ended (worker.wants_decision): step at the end "
+            f"of epoch e = {'e x ' + str(per_epoch) if per_epoch else 'unknown'} ({how}) unless the table has "
+            f"a step column"
+        )
     print(
         f"random's final best (reached by a majority of random+none's seeds at the full budget): {target:.4f} "
         f"= rank {rank_of(target, curves, args.metric, args.mode)} of {len(finals)} configs "
@@ -337,6 +353,11 @@ def main() -> None:
     p.add_argument("--metric", default="val_loss")
     p.add_argument("--mode", choices=["min", "max"], default="min")
     p.add_argument("--jobs", type=int, default=2, help="replay processes (default 2)")
+    p.add_argument(
+        "--no-warmup-gate",
+        action="store_true",
+        help="let pruners judge trials still in their warmup (the engine never does; for comparison)",
+    )
     p.add_argument(
         "--real-check", action="store_true", help="also run one real tpe+asha search on the first table"
     )

@@ -525,6 +525,10 @@ def cost_section(d: SearchData) -> Section:
     metric, mode = d.metric, d.mode
     done = [t for t in d.completed() if t.n_params is not None]
     size_front = [done[i].number for i in pareto_front([(t.n_params, t.value(metric)) for t in done], ["min", mode])]
+    # A multi-objective search's own front (its objectives, measured constraints met) wins.
+    searched = d.tags.get("pareto_trials")
+    if searched is not None:
+        size_front = [int(n) for n in searched.split(",") if n.strip()]
     fast = [t for t in done if _finite(t.metrics.get("tokens_per_s"))]
     speed_front = [fast[i].number for i in pareto_front([(t.metrics["tokens_per_s"], t.value(metric)) for t in fast], ["max", mode])]
     max_params = d.params.get("max_params")
@@ -537,6 +541,8 @@ def cost_section(d: SearchData) -> Section:
         "pareto_size": size_front,
         "pareto_speed": speed_front,
         "max_params": float(max_params) if max_params not in (None, "None", "") else None,
+        "objectives": d.params.get("objectives") or None,
+        "infeasible": [t.number for t in done if t.tags.get("feasible") == "false"],
     }
     if not done:
         sec.message = f"No complete trial yet, so there is no quality-against-cost trade-off to show ({_counts_sentence(d)})."
@@ -562,6 +568,12 @@ def cost_section(d: SearchData) -> Section:
         "Complete trials only. Highlighted: the Pareto front, trials that no other trial beats on both "
         f"{metric} and size" + (" (or on both metric and throughput)." if fast else ".")
     )
+    if searched is not None:
+        sec.caption += (
+            f" This search had objectives {d.params.get('objectives', '').replace(',', ', ')}: the size panel "
+            "highlights its Pareto front (trials that missed a measured constraint are never on it); "
+            "`attntune export --knee` or `--pick best --max-params N` exports one of them."
+        )
     return sec
 
 

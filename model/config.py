@@ -270,6 +270,12 @@ class TrainConfig(_Validated):
     bleu_samples: int = 200
     max_decode_len: int | None = None
     beam_size: int = 1
+    # A round instead of an epoch: each reported "epoch" trains this many target tokens (or exactly
+    # this many optimizer steps) from a continuing stream of shuffled batches (model/train.py).
+    round_tokens: int | None = None
+    round_steps: int | None = None
+    # Stop (DivergedError) once the post-warmup moving average of the training loss exceeds this.
+    loss_ceiling: float | None = None
 
     def _check(self, problems: list[str]) -> None:
         _positive(
@@ -282,7 +288,17 @@ class TrainConfig(_Validated):
             num_threads=self.num_threads,
             max_decode_len=self.max_decode_len,
             beam_size=self.beam_size,
+            round_tokens=self.round_tokens,
+            round_steps=self.round_steps,
+            loss_ceiling=self.loss_ceiling,
         )
+        if self.round_tokens is not None and self.round_steps is not None:
+            problems.append(
+                f"round_tokens/round_steps: a round is either tokens or steps, not both "
+                f"(got round_tokens={self.round_tokens}, round_steps={self.round_steps})"
+            )
+        if self.loss_ceiling is not None and math.isnan(self.loss_ceiling):
+            problems.append(f"loss_ceiling: must be > 0, got {self.loss_ceiling}")
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.weight_decay < 0:

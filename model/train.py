@@ -4,7 +4,13 @@ Why a reporter instead of callbacks or logging: the search (Optuna/Ray) and the 
 loop; the search prunes by answering ``True`` from ``report``, the CLI prints a line. The metrics
 follow docs/conventions.md: ``train_loss`` (the optimised loss, label smoothing included),
 ``val_loss`` (plain token cross-entropy without smoothing, so trials with different smoothing
-compare), ``val_accuracy``, ``val_bleu``, ``lr`` and ``tokens_per_s``.
+compare), ``val_accuracy``, ``val_bleu``, ``lr``, ``tokens_per_s``, and the running totals ``step``
+(optimizer steps so far) and ``tokens`` (target tokens trained so far).
+
+An "epoch" of the loop is one pass over the training data unless ``train_cfg.round_tokens`` or
+``round_steps`` is set: then it is a *round* of that many target tokens (or optimizer steps) drawn
+from a continuing stream of shuffled batches, so models with different batch sizes get the same
+budget and a search places its rungs in tokens.
 
 Deterministic on CPU for a given ``train_cfg.seed``: the model, dropout and batch order are seeded,
 and resuming restores the RNG state, so an interrupted and resumed run matches an uninterrupted one.
@@ -29,13 +35,88 @@ from attntune.model.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from attntune.model.data import Pair, TaskData, batch_indices, collate
 from attntune.model.transformer import Transformer, greedy_decode, n_params
 
-TRAIN_STATE_VERSION = 1
+# 2: adds the running token count, the batch stream position and the loss average; a version-1
+# state (epoch mode only) still resumes.
+TRAIN_STATE_VERSION = 2
 # Changing these between runs does not invalidate a checkpoint for resuming.
 _RESUME_TOLERANT = ("epochs", "device", "num_threads", "bleu_samples", "max_decode_len", "beam_size", "bf16")
+# TrainConfig keys newer than version-1 states; absent there, they had these values.
+_ADDED_IN_V2 = {"round_tokens": None, "round_steps": None, "loss_ceiling": None}
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or stayed above ``train.loss_ceiling``."""
+
+
+class LossCeiling:
+    """Divergence by ceiling: an exponential moving average of the per-step training loss after warmup.
+
+    Why an average and not the raw loss: a loss spike after warmup (the peak learning rate) is
+    common and usually recovers; only a loss that *stays* high means the trial diverged. The
+    average (alpha 0.1) starts at the first post-warmup step's loss; each step's loss enters it
+    capped at twice the ceiling (the first one at the ceiling), so one step, however bad, moves it
+    by at most 0.2 x ceiling, while a loss that stays above the ceiling lifts it over in a few steps.
+    """
+
+    ALPHA = 0.1
+
+    def __init__(self, ceiling: float, warmup_steps: int, ema: float | None = None):
+        self.ceiling = ceiling
+        self.warmup_steps = warmup_steps
+        self.ema = ema
+
+    def update(self, step: int, loss: float) -> None:
+        """Take step ``step``'s loss; raise DivergedError once the average is above the ceiling."""
+        if step <= self.warmup_steps:
+            return
+        if self.ema is None:
+            self.ema = min(loss, self.ceiling)
+        else:
+            self.ema += self.ALPHA * (min(loss, 2.0 * self.ceiling) - self.ema)
+        if self.ema > self.ceiling:
+            raise DivergedError(
+                f"training loss moving average {self.ema:.4g} is above train.loss_ceiling {self.ceiling:g} "
+                f"at step {step} (last loss {loss:.4g})"
+            )
+
+
+class _BatchStream:
+    """Training batches epoch after epoch of the data, each data epoch reshuffled with the seed an
+    epoch-mode run uses for it; ``position`` (data epoch, next batch) is all a resume needs."""
+
+    def __init__(self, data: TaskData, cfg: TrainConfig, per_epoch: int, position: tuple[int, int] = (1, 0)):
+        self.data, self.cfg, self.per_epoch = data, cfg, per_epoch
+        self.data_epoch, self.index = position
+        self._batches: list[list[int]] | None = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.data_epoch, self.index
+
+    def __iter__(self) -> _BatchStream:
+        return self
+
+    def __next__(self) -> list[int]:
+        if self._batches is None or self.index >= len(self._batches):
+            if self._batches is not None:
+                self.data_epoch, self.index = self.data_epoch + 1, 0
+            c = self.cfg
+            seed = c.seed * 100_003 + self.data_epoch
+            self._batches = batch_indices(self.data.train, c.batch_size, c.batch_unit, shuffle=True, seed=seed)[: self.per_epoch]
+        idx = self._batches[self.index]
+        self.index += 1
+        return idx
+
+
+def _total_steps(cfg: TrainConfig, data: TaskData, n_batches: int, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run, for the schedule: exact for epochs and ``round_steps``; for
+    ``round_tokens`` estimated from the mean target tokens of a batch."""
+    if cfg.round_steps is not None:
+        return cfg.round_steps * cfg.epochs
+    if cfg.round_tokens is not None:
+        per_batch = sum(len(t) - 1 for _, t in data.train) / max(n_batches, 1)
+        return max(1, math.ceil(cfg.round_tokens / max(per_batch, 1.0))) * cfg.epochs
+    return steps_per_epoch * cfg.epochs
 
 
 class Reporter(Protocol):
@@ -159,11 +240,11 @@ def run_config_dict(
 
 
 def _resumable(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData) -> bool:
-    if state.get("version") != TRAIN_STATE_VERSION or state.get("data_fingerprint") != data.fingerprint:
+    if state.get("version") not in (1, TRAIN_STATE_VERSION) or state.get("data_fingerprint") != data.fingerprint:
         return False
     if state.get("model") != to_dict(model_cfg):
         return False
-    old = {k: v for k, v in (state.get("train") or {}).items() if k not in _RESUME_TOLERANT}
+    old = {k: v for k, v in {**_ADDED_IN_V2, **(state.get("train") or {})}.items() if k not in _RESUME_TOLERANT}
     new = {k: v for k, v in to_dict(train_cfg).items() if k not in _RESUME_TOLERANT}
     return old == new
 
@@ -180,9 +261,11 @@ def train(
 ) -> TrainResult:
     """Train ``model_cfg`` on ``data``; report metrics each epoch; checkpoint each epoch if asked.
 
+    With ``round_tokens``/``round_steps`` an epoch is a round of that many target tokens/steps.
     With ``resume`` and a checkpoint in ``checkpoint_dir`` from the same model, data and recipe,
     training continues after its last completed epoch (``epochs`` may have grown).
-    Raises DivergedError as soon as the training loss is NaN or infinite.
+    Raises DivergedError as soon as the training loss is NaN or infinite, or once its post-warmup
+    average is above ``loss_ceiling`` (see LossCeiling).
     """
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -212,13 +295,15 @@ def train(
         "n_val": len(data.val),
         "src_vocab_size": data.src_vocab_size,
         "tgt_vocab_size": data.tgt_vocab_size,
+        "warmup_steps": train_cfg.warmup_steps,
     }
 
     n_batches = len(batch_indices(data.train, train_cfg.batch_size, train_cfg.batch_unit))
     steps_per_epoch = min(n_batches, train_cfg.max_steps_per_epoch or n_batches)
-    total_steps = steps_per_epoch * train_cfg.epochs
+    total_steps = _total_steps(train_cfg, data, n_batches, steps_per_epoch)
+    rounds = train_cfg.round_tokens is not None or train_cfg.round_steps is not None
     history: list[dict[str, float]] = []
-    start_epoch, step = 0, 0
+    start_epoch, step, tokens_total, position, loss_ema = 0, 0, 0, (1, 0), None
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and resume:
@@ -228,6 +313,18 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, step = int(state["epoch"]), int(state["step"])
             history = [dict(h) for h in state["history"]]
+            if "tokens" in state:
+                tokens_total, loss_ema = int(state["tokens"]), state.get("loss_ema")
+                position = (int(state["stream"][0]), int(state["stream"][1]))
+            else:  # a version-1 state (epoch mode): its epochs' target tokens, from their batches
+                tokens_total = sum(
+                    len(data.train[i][1]) - 1
+                    for e in range(1, start_epoch + 1)
+                    for idx in batch_indices(
+                        data.train, train_cfg.batch_size, train_cfg.batch_unit, shuffle=True, seed=train_cfg.seed * 100_003 + e
+                    )[:steps_per_epoch]
+                    for i in idx
+                )
             torch.set_rng_state(state["rng_cpu"])
             if device.type == "cuda" and state.get("rng_cuda"):
                 torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -239,11 +336,16 @@ def train(
 
     pad = data.pad_id
     stopped = False
+    stream = _BatchStream(data, train_cfg, steps_per_epoch, position) if rounds else None
+    ceiling = LossCeiling(train_cfg.loss_ceiling, train_cfg.warmup_steps, loss_ema) if train_cfg.loss_ceiling else None
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
         model.train()
-        batches = batch_indices(
-            data.train, train_cfg.batch_size, train_cfg.batch_unit, shuffle=True, seed=train_cfg.seed * 100_003 + epoch
-        )[:steps_per_epoch]
+        if stream is None:
+            batches = batch_indices(
+                data.train, train_cfg.batch_size, train_cfg.batch_unit, shuffle=True, seed=train_cfg.seed * 100_003 + epoch
+            )[:steps_per_epoch]
+        else:
+            batches, round_start = stream, step
         loss_sum, n_tokens = 0.0, 0
         t0 = time.perf_counter()
         lr = lr_at(max(step, 1), train_cfg, total_steps)
@@ -265,6 +367,8 @@ def train(
             value = loss.item()
             if not math.isfinite(value):
                 raise DivergedError(f"training loss became {value} at epoch {epoch}, step {step} (lr {lr:.3g})")
+            if ceiling is not None:
+                ceiling.update(step, value)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_cfg.grad_clip:
@@ -273,6 +377,11 @@ def train(
             n = int(tgt_out.ne(pad).sum())
             loss_sum += value * n
             n_tokens += n
+            if stream is not None and (
+                n_tokens >= (train_cfg.round_tokens or math.inf) or step - round_start >= (train_cfg.round_steps or math.inf)
+            ):
+                break
+        tokens_total += n_tokens
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -286,6 +395,8 @@ def train(
             metrics["val_bleu"] = bleu_score(model, data, train_cfg.bleu_samples, train_cfg, device)
         metrics["lr"] = lr
         metrics["tokens_per_s"] = n_tokens / elapsed if elapsed > 0 else 0.0
+        metrics["step"] = step
+        metrics["tokens"] = tokens_total
         history.append(metrics)
         if ckpt is not None:
             save_checkpoint(
@@ -298,6 +409,9 @@ def train(
                     "version": TRAIN_STATE_VERSION,
                     "epoch": epoch,
                     "step": step,
+                    "tokens": tokens_total,
+                    "stream": list(stream.position) if stream is not None else [epoch + 1, 0],
+                    "loss_ema": ceiling.ema if ceiling is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "rng_cpu": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],

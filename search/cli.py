@@ -89,6 +89,19 @@ def _print_best(result: Any) -> None:
     if result.best is None:
         console.print("no trial completed; nothing to export")
         return
+    if job.multi_objective and "pareto" in t:
+        front = t[t["pareto"].astype(bool)]
+        names = [o.name for o in job.objectives]
+        console.print(f"Pareto front ({len(front)} trials; objectives {', '.join(f'{o.name} {o.mode}' for o in job.objectives)}):")
+        for _, r in front.iterrows():
+            vals = "  ".join(f"{n}={float(r[f'objective.{n}']):.4g}" for n in names)
+            console.print(f"  trial {int(r['number']):>3}  {vals}")
+        console.print(f"results: {result.output / 'results.csv'} (column pareto), {result.output / 'pareto.csv'}")
+        console.print(
+            f"export: attntune export --experiment {job.tracking.experiment or job.name} --knee --output best.yaml"
+            " (or --pick best --max-params N / --max-latency-ms MS)"
+        )
+        return
     b = result.best
     console.print(f"best: trial {int(b['number'])} {job.metric}={float(b['value']):.4g}")
     keys = [c for c in t.columns if c.startswith(("model.", "train."))]
@@ -251,16 +264,31 @@ def export(
         str | None, typer.Option("--search-run", help="MLflow run id of the search (default: the latest).")
     ] = None,
     trial: Annotated[int | None, typer.Option("--trial", help="Export this trial number instead of the best.")] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option("--pick", help="Multi-objective search: choose from the Pareto front; 'knee', or 'best' with caps."),
+    ] = None,
+    max_params: Annotated[float | None, typer.Option("--max-params", help="With --pick: at most this many parameters.")] = None,
+    max_latency_ms: Annotated[
+        float | None, typer.Option("--max-latency-ms", help="With --pick: at most this latency (ms per sentence).")
+    ] = None,
+    knee: Annotated[bool, typer.Option("--knee", help="Same as --pick knee.")] = False,
     output: Annotated[
         Path | None, typer.Option("--output", help="Config file (default: best.yaml in the search's output folder).")
     ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write the best (or a chosen) trial of a search as a config `attntune train` takes."""
-    from attntune.search.export import export_config, print_export
+    from attntune.model.config import ConfigError
+    from attntune.search.export import PickRule, export_config, print_export
 
+    rule = None
+    if pick is not None or knee or max_params is not None or max_latency_ms is not None:
+        if pick not in (None, "knee", "best"):
+            raise ConfigError(f"--pick: {pick!r} is not a rule (valid: knee, best)")
+        rule = PickRule(max_params=max_params, max_latency_ms=max_latency_ms, knee=knee or pick == "knee")
     print_export(
-        export_config(experiment, search_run=search_run, trial=trial, output=output, tracking_uri=tracking_uri)
+        export_config(experiment, search_run=search_run, trial=trial, output=output, tracking_uri=tracking_uri, pick=rule)
     )
 
 

@@ -53,6 +53,8 @@ class Trial:
     value: float | None
     params: dict[str, str]
     failure: str | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    feasible: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ def trial_of(client: Any, run: Any, metric: str, mode: str) -> Trial | None:
         value=value,
         params=dict(run.data.params),
         failure=tags.get("failure_reason"),
+        metrics=dict(run.data.metrics),
+        feasible=tags.get("feasible", "true") != "false",
     )
 
 
@@ -186,6 +190,75 @@ def pick_trial(trials: list[Trial], mode: str, number: int | None, metric: str, 
         )
     sign = 1.0 if mode == "min" else -1.0
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
+
+
+@dataclass(frozen=True)
+class PickRule:
+    """How ``export --pick`` chooses from a multi-objective search's Pareto front: the trial
+    with the best first objective among front trials under the caps, or the front's knee."""
+
+    max_params: float | None = None
+    max_latency_ms: float | None = None
+    knee: bool = False
+
+    def __str__(self) -> str:
+        parts = []
+        if self.max_params is not None:
+            parts.append(f"n_params <= {self.max_params:g}")
+        if self.max_latency_ms is not None:
+            parts.append(f"latency_ms <= {self.max_latency_ms:g}")
+        parts.append("knee of the front" if self.knee else "best first objective")
+        return ", then ".join(parts)
+
+
+def objective_vector(t: Trial, objectives: list[tuple[str, str]]) -> list[float] | None:
+    """A trial's objective values as logged on its run (``best_<metric>`` for reported metrics)."""
+    out = []
+    for name, _mode in objectives:
+        v = _finite(t.metrics.get(name, t.metrics.get(f"best_{name}")))
+        if v is None and name == "n_params":
+            v = _finite(t.params.get("n_params"))
+        if v is None:
+            return None
+        out.append(v)
+    return out
+
+
+def pareto_front(trials: list[Trial], objectives: list[tuple[str, str]]) -> list[Trial]:
+    """COMPLETE, feasible trials no other such trial dominates, by trial number."""
+    from attntune.search.pareto import pareto_mask, to_min
+
+    modes = [m for _, m in objectives]
+    done = [(t, objective_vector(t, objectives)) for t in trials if t.state == "COMPLETE" and t.feasible]
+    done = [(t, v) for t, v in done if v is not None]
+    mask = pareto_mask([to_min(v, modes) for _, v in done])
+    return sorted((t for (t, _), on in zip(done, mask, strict=True) if on), key=lambda t: t.number)
+
+
+def pick_from_front(front: list[Trial], objectives: list[tuple[str, str]], rule: PickRule, search_id: str) -> Trial:
+    """Apply ``rule`` to the front; one clear error when nothing qualifies."""
+    from attntune.search.pareto import knee_index, to_min
+
+    if not front:
+        raise ExportError(f"search run {search_id}: the Pareto front is empty (no COMPLETE, feasible trial)")
+    left = list(front)
+    for name, cap in (("n_params", rule.max_params), ("latency_ms", rule.max_latency_ms)):
+        if cap is None:
+            continue
+        have = [(t, _finite(t.metrics.get(name, t.params.get(name)))) for t in left]
+        known = [v for _, v in have if v is not None]
+        if not known:
+            raise ExportError(f"--pick: the trials of search run {search_id} have no {name}")
+        left = [t for t, v in have if v is not None and v <= cap]
+        if not left:
+            raise ExportError(
+                f"--pick: no Pareto trial has {name} <= {cap:g} (the smallest on the front: {min(known):g})"
+            )
+    modes = [m for _, m in objectives]
+    vectors = [to_min(objective_vector(t, objectives) or [], modes) for t in left]
+    if rule.knee:
+        return left[knee_index(vectors)]
+    return min(zip(left, vectors, strict=True), key=lambda tv: (tv[1][0], tv[0].number))[0]
 
 
 # --------------------------------------------------------------------------- building the config
@@ -289,6 +362,10 @@ def build_document(client: Any, parent: Any, trial: Trial, experiment: str, uri:
     max_epochs = params.get("max_epochs")
     if max_epochs is not None:
         train_d["epochs"] = int(float(max_epochs))
+    # A token/step budget: max_epochs counts rounds, which need their size (job.py Budget).
+    unit, round_size = params.get("budget_unit"), params.get("round_size")
+    if unit in ("tokens", "steps") and round_size is not None:
+        train_d[f"round_{unit}"] = int(float(round_size))
     provenance: dict[str, Any] = {
         "search_run_id": parent.info.run_id,
         "trial_run_id": trial.run_id,
@@ -347,6 +424,7 @@ def export_config(
     trial: int | None = None,
     output: Path | None = None,
     tracking_uri: str | None = None,
+    pick: PickRule | None = None,
 ) -> Export:
     """Write the chosen trial's ``train`` config; every check runs before the one write."""
     uri = resolve_uri(tracking_uri)
@@ -355,7 +433,18 @@ def export_config(
     metric = parent.data.params.get("metric", "val_loss")
     mode = parent.data.params.get("mode", "min")
     trials = [t for t in (trial_of(client, r, metric, mode) for r in child_runs(client, parent)) if t is not None]
-    chosen = pick_trial(trials, mode, trial, metric, parent.info.run_id)
+    objectives = [tuple(x.split(":", 1)) for x in (parent.data.params.get("objectives") or "").split(",") if ":" in x]
+    if pick is not None:
+        if trial is not None:
+            raise ExportError("--pick and --trial: choose one")
+        if len(objectives) < 2:
+            raise ExportError(
+                f"--pick: search run {parent.info.run_id} has one objective ({metric}); --pick chooses from a "
+                "multi-objective search's Pareto front (export the best, or --trial N)"
+            )
+        chosen = pick_from_front(pareto_front(trials, objectives), objectives, pick, parent.info.run_id)
+    else:
+        chosen = pick_trial(trials, mode, trial, metric, parent.info.run_id)
     out_tag = parent.data.tags.get("attntune.output")
     search_output = Path(out_tag) if out_tag else None
     if output is None:
@@ -364,6 +453,12 @@ def export_config(
         output = search_output / "best.yaml"
     target = check_output(Path(output), search_output)
     doc = build_document(client, parent, chosen, experiment, uri)
+    if pick is not None:
+        doc["provenance"]["pick"] = str(pick)
+        doc["provenance"]["pareto_trials"] = [t.number for t in pareto_front(trials, objectives)]
+        doc["provenance"]["objectives"] = {
+            name: v for (name, _m), v in zip(objectives, objective_vector(chosen, objectives) or [], strict=False)
+        }
     text = render(doc, parent.info.run_id, chosen)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")

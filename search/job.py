@@ -40,12 +40,23 @@ METRIC_MODES = {
 
 @dataclass(frozen=True)
 class Budget(_Validated):
-    """How much to spend: trials, wall time, epochs per trial (min_epochs is the first rung)."""
+    """How much to spend: trials, wall time, epochs per trial (min_epochs is the first rung).
+
+    A trial's budget may instead be training tokens (``max_tokens``) or optimizer steps
+    (``max_steps``), so models with different batch sizes compete fairly. Then a *round* of
+    ``min_tokens`` tokens (``min_steps`` steps; default a ninth of the maximum) stands in for an
+    epoch: ``parse_job`` sets ``max_epochs`` to the number of rounds and ``min_epochs`` to 1, and
+    the rest of the search (rungs, reports, checkpoints) counts rounds as it counts epochs.
+    """
 
     n_trials: int = 8
     time_limit: float | str | None = None
     max_epochs: int = 4
     min_epochs: int = 1
+    max_tokens: int | None = None
+    min_tokens: int | None = None
+    max_steps: int | None = None
+    min_steps: int | None = None
 
     def _check(self, problems: list[str]) -> None:
         if self.n_trials <= 0:
@@ -56,6 +67,20 @@ class Budget(_Validated):
             problems.append(f"min_epochs: must be > 0, got {self.min_epochs}")
         elif self.min_epochs > self.max_epochs:
             problems.append(f"min_epochs: {self.min_epochs} is above max_epochs={self.max_epochs}")
+        if self.max_tokens is not None and self.max_steps is not None:
+            problems.append(
+                f"max_tokens/max_steps: a budget is in tokens or in steps, not both "
+                f"(got max_tokens={self.max_tokens}, max_steps={self.max_steps})"
+            )
+        for unit in ("tokens", "steps"):
+            hi, lo = getattr(self, f"max_{unit}"), getattr(self, f"min_{unit}")
+            for key, v in ((f"max_{unit}", hi), (f"min_{unit}", lo)):
+                if v is not None and v <= 0:
+                    problems.append(f"{key}: must be > 0, got {v}")
+            if lo is not None and hi is None:
+                problems.append(f"min_{unit}: {lo} needs max_{unit} (the trial's full budget in {unit})")
+            elif lo is not None and hi is not None and 0 < hi < lo:
+                problems.append(f"min_{unit}: {lo} is above max_{unit}={hi}")
         try:
             seconds = parse_duration(self.time_limit)
             if seconds is not None and seconds <= 0:
@@ -66,6 +91,64 @@ class Budget(_Validated):
     @property
     def time_limit_s(self) -> float | None:
         return parse_duration(self.time_limit)
+
+    @property
+    def unit(self) -> str:
+        """What a trial's budget counts: ``epochs``, ``tokens`` or ``steps``."""
+        return "tokens" if self.max_tokens is not None else "steps" if self.max_steps is not None else "epochs"
+
+    @property
+    def round_size(self) -> int | None:
+        """Tokens (steps) of one round, the unit rungs count in; None for an epoch budget."""
+        if self.unit == "epochs":
+            return None
+        hi, lo = getattr(self, f"max_{self.unit}"), getattr(self, f"min_{self.unit}")
+        return lo if lo is not None else max(1, -(-hi // 9))  # 9 rounds: rungs 1, 3, 9 at factor 3
+
+    def train_overrides(self) -> dict[str, int]:
+        """The ``train`` settings a token/step budget implies: the round size."""
+        return {} if self.unit == "epochs" else {f"round_{self.unit}": self.round_size}
+
+    def rounds_note(self) -> str:
+        """For messages about max_epochs/min_epochs: what they mean under a token/step budget."""
+        if self.unit == "epochs":
+            return ""
+        u = self.unit
+        return (
+            f" (a budget in {u} counts rounds of budget.min_{u}={self.round_size}: "
+            f"max_{u}={getattr(self, f'max_{u}')} is {self.max_epochs} rounds)"
+        )
+
+
+def budget_in_rounds(budget: Budget, data: dict[str, Any], problems: list[str]) -> Budget:
+    """A token/step budget as rounds: ``max_epochs`` = ceil(max / round), ``min_epochs`` = 1.
+
+    ``data`` is the raw job mapping: a token/step budget replaces epochs, so ``max_epochs`` or
+    ``min_epochs`` written next to it, or a round size in the ``train`` section, is a problem.
+    """
+    import dataclasses
+
+    raw = data.get("budget") if isinstance(data.get("budget"), dict) else {}
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    for key in ("round_tokens", "round_steps"):
+        if key in train:
+            problems.append(
+                f"train.{key}: set budget.max_tokens/min_tokens or budget.max_steps/min_steps instead "
+                "(the search decides rounds)"
+            )
+    unit = budget.unit
+    if unit == "epochs":
+        return budget
+    for key in ("max_epochs", "min_epochs"):
+        if key in raw:
+            problems.append(
+                f"budget.{key}: cannot be combined with budget.max_{unit} (a budget in {unit} replaces "
+                f"epochs; budget.min_{unit} sets the first rung)"
+            )
+    hi, size = getattr(budget, f"max_{unit}"), budget.round_size
+    if hi is None or hi <= 0 or size is None or size <= 0 or size > hi:
+        return budget  # already reported by Budget._check
+    return dataclasses.replace(budget, max_epochs=-(-hi // size), min_epochs=1, **{f"min_{unit}": size})
 
 
 def parse_duration(value: float | str | None) -> float | None:
@@ -135,6 +218,8 @@ class _JobFile:
     max_params: float | None = None
     retries: int = 0
     description: str = ""
+    objectives: Any = None  # {name: min|max}: several make a multi-objective search
+    constraints: Any = None  # ["n_params <= 20e6", "latency_ms <= 5"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +245,20 @@ class SearchJob:
     description: str = ""
     source_text: str = ""
     source_path: str | None = None
+    # (search.objectives.Objective, ...): the first reported one is ``metric``/``mode``.
+    objectives: tuple = ()
+    constraints: tuple = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna study directions, one per objective."""
+        objectives = self.objectives or ()
+        modes = [o.mode for o in objectives] or [self.mode]
+        return ["minimize" if m == "min" else "maximize" for m in modes]
 
     @property
     def output_dir(self) -> Path:
@@ -188,6 +287,8 @@ class SearchJob:
             "time_limit_s": self.budget.time_limit_s,
             "max_epochs": self.budget.max_epochs,
             "min_epochs": self.budget.min_epochs,
+            "budget_unit": self.budget.unit,
+            "round_size": self.budget.round_size,
             "max_params": self.max_params,
             "resources.cpus": self.resources.cpus,
             "resources.gpus": self.resources.gpus,
@@ -196,6 +297,8 @@ class SearchJob:
             "space_fingerprint": self.space.fingerprint(),
             "task": self.base.task.name,
             "retries": self.retries,
+            "objectives": ",".join(f"{o.name}:{o.mode}" for o in self.objectives),
+            "constraints": "; ".join(str(c) for c in self.constraints) or None,
         }
 
 
@@ -281,8 +384,22 @@ def parse_job(
     if backend_name not in BACKENDS:
         problems.append(f"backend: {backend_name!r} is not a known backend (valid: {', '.join(BACKENDS)})")
 
-    # Metric and mode.
-    mode = raw.mode or METRIC_MODES.get(raw.metric)
+    # Objectives (several: a multi-objective search), or one metric and mode.
+    from attntune.search.objectives import REPORTED, Objective, parse_constraints, parse_objectives
+
+    objectives = parse_objectives(raw.objectives, problems)
+    constraints = parse_constraints(raw.constraints, problems)
+    metric = raw.metric
+    if objectives:
+        if "metric" in data or "mode" in data:
+            problems.append("metric/mode: a job with objectives takes its metric from them; remove metric and mode")
+        first = next((o for o in objectives if o.kind == REPORTED), None)
+        if first is not None:
+            metric, raw = first.name, _replace(raw, mode=first.mode)
+    mode = raw.mode or METRIC_MODES.get(metric)
+    if mode is not None and not objectives:
+        objectives = (Objective(metric, mode),)
+    multi = len(objectives) > 1
     if mode is None:
         problems.append(
             f"mode: metric {raw.metric!r} has no default direction; set mode: min or max "
@@ -295,7 +412,10 @@ def parse_job(
     if raw.max_params is not None and raw.max_params <= 0:
         problems.append(f"max_params: must be > 0, got {raw.max_params}")
 
-    # The fixed settings, epochs set by the budget.
+    # The fixed settings, epochs set by the budget (a token/step budget: rounds of tokens/steps).
+    from dataclasses import replace as _with_budget
+
+    raw = _with_budget(raw, budget=budget_in_rounds(raw.budget, data, problems))
     base = RunConfig(task=raw.task, model=raw.model, train=raw.train)
     if "epochs" in (data.get("train") or {}):
         problems.append("train.epochs: set budget.max_epochs instead (the search decides epochs)")
@@ -305,7 +425,7 @@ def parse_job(
             {
                 "task": to_dict(raw.task),
                 "model": to_dict(raw.model),
-                "train": {**to_dict(raw.train), "epochs": raw.budget.max_epochs},
+                "train": {**to_dict(raw.train), "epochs": raw.budget.max_epochs, **raw.budget.train_overrides()},
             },
         )
     except ConfigError as e:
@@ -320,13 +440,30 @@ def parse_job(
     # Strategy rules on the space, scheduler rules on the budget.
     if strat is not None and space is not None:
         problems.extend(strat.check(space))
-        if not strat.single_objective:
-            problems.append(f"strategy {strategy!r} is multi-objective; this job has one metric ({raw.metric})")
+        if not strat.single_objective and not multi:
+            problems.append(f"strategy {strategy!r} is multi-objective; this job has one metric ({metric})")
+        if multi and not strat.multi_objective:
+            multi_ok = ", ".join(n for n in STRATEGIES if STRATEGIES.get(n).multi_objective)
+            problems.append(
+                f"strategy {strategy!r} is single-objective; this job has {len(objectives)} objectives "
+                f"({', '.join(o.name for o in objectives)}): use one of {multi_ok}"
+            )
+    if sched is not None and multi and not sched.multi_objective and sched.judges:
+        problems.append(
+            f"scheduler {scheduler!r} with strategy {strategy!r}: {scheduler} ranks trials on one metric; "
+            f"a job with {len(objectives)} objectives takes scheduler moasha (or none)"
+        )
+    if sched is not None and sched.multi_objective and not multi:
+        problems.append(
+            f"scheduler {scheduler!r} with strategy {strategy!r}: {scheduler} ranks several objectives; "
+            f"this job has one ({metric}): use asha"
+        )
     if sched is not None and sched.bandit and raw.budget.max_epochs < raw.budget.min_epochs * 3:
         problems.append(
             f"scheduler {scheduler!r} with strategy {strategy!r}: budget.max_epochs "
             f"({raw.budget.max_epochs}) must be >= 3 x budget.min_epochs ({raw.budget.min_epochs}) "
             "so at least one rung can stop a trial"
+            + raw.budget.rounds_note()
         )
     if problems:
         raise ConfigError(problems, source)
@@ -340,7 +477,7 @@ def parse_job(
         strategy=strategy,
         scheduler=scheduler,
         budget=raw.budget,
-        metric=raw.metric,
+        metric=metric,
         mode=mode,
         concurrency=raw.concurrency,
         resources=raw.resources,
@@ -353,7 +490,15 @@ def parse_job(
         description=raw.description,
         source_text=text,
         source_path=source,
+        objectives=objectives,
+        constraints=constraints,
     )
+
+
+def _replace(raw: _JobFile, **changes: Any) -> _JobFile:
+    import dataclasses
+
+    return dataclasses.replace(raw, **changes)
 
 
 def _parse_sections(data: dict[str, Any], problems: list[str]) -> _JobFile:

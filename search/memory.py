@@ -179,7 +179,6 @@ def measure_peak_bytes(
     process started with ``MALLOC_MMAP_THRESHOLD_=131072`` (``python -m attntune.search.memory``
     does both): the peak of live memory, identical from run to run. Checks ``estimate_bytes``.
     """
-    import resource
 
     import torch
     import torch.nn.functional as F
@@ -200,6 +199,7 @@ def measure_peak_bytes(
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
+        _reset_peak_rss()  # the peak so far (imports) must not count
         base = _rss_bytes()
     model = Transformer(model_cfg, src_vocab, tgt_vocab, pad_id=0).to(device)
     opt = _optimizer(model, train_cfg)
@@ -221,8 +221,31 @@ def measure_peak_bytes(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _peak_rss_bytes()
     return int(peak - base)
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak resident set (VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set since the last reset (VmHWM), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _rss_bytes() -> int:

@@ -38,8 +38,29 @@ def state_of(trial: Any) -> str:
     return name  # RUNNING / WAITING
 
 
+def pareto_numbers(study: Any) -> list[int]:
+    """Trial numbers on the Pareto front of a multi-objective study: COMPLETE trials that met
+    every measured constraint and that no other such trial dominates (search.pareto)."""
+    from attntune.search.pareto import pareto_mask, to_min
+
+    modes = ["min" if d.name == "MINIMIZE" else "max" for d in study.directions]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if state_of(t) == "COMPLETE"
+        and t.values is not None
+        and t.user_attrs.get("feasible", True)
+        and all(math.isfinite(v) for v in t.values)
+    ]
+    mask = pareto_mask([to_min(t.values, modes) for t in done])
+    return sorted(t.number for t, on in zip(done, mask, strict=True) if on)
+
+
 def results_table(study: Any) -> pd.DataFrame:
     rows = []
+    objectives = study.user_attrs.get("objectives") or []
+    multi = len(study.directions) > 1
+    front = set(pareto_numbers(study)) if multi else set()
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         value = t.values[0] if t.values else None
@@ -63,6 +84,13 @@ def results_table(study: Any) -> pd.DataFrame:
             "start_time": a.get("start_time"),
             "end_time": a.get("end_time"),
         }
+        for k in ("flops", "latency_ms", "feasible"):
+            if k in a:
+                row[k] = a[k]
+        if multi:
+            row["pareto"] = t.number in front
+            for (name, _mode), v in zip(objectives, t.values or [], strict=False):
+                row[f"objective.{name}"] = v
         for k, v in (a.get("config") or {}).items():
             row[k] = v
         for k, v in t.params.items():
@@ -94,7 +122,10 @@ def best_row(table: pd.DataFrame, mode: str) -> pd.Series | None:
     """The best COMPLETE trial; NaN or infinite values never win."""
     if table.empty:
         return None
-    done = table[(table["state"] == "COMPLETE") & table["value"].map(lambda v: v is not None and math.isfinite(float(v)))]
+    ok = table["value"].map(lambda v: v is not None and math.isfinite(float(v)))
+    if "feasible" in table:  # a trial that missed a measured constraint is never picked
+        ok &= table["feasible"].map(lambda f: str(f) != "False")  # NaN: no measured constraint
+    done = table[(table["state"] == "COMPLETE") & ok]
     if done.empty:
         return None
     idx = done["value"].astype(float).idxmin() if mode == "min" else done["value"].astype(float).idxmax()

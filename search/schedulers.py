@@ -26,6 +26,11 @@ class Scheduler:
     rungs: Callable[[Budget], list[int]] = field(default=lambda b: [])
     bandit: bool = False
     description: str = ""
+    judges: bool = True  # False: never stops a trial, so a worker need not wait for a verdict
+    # Decided by the search driver (SearchContext.driver_verdict) on both backends rather than
+    # by an Optuna pruner or a Ray scheduler: the multi-objective rule, which neither library has.
+    driver_side: bool = False
+    multi_objective: bool = False
 
 
 SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
@@ -111,7 +116,7 @@ def _median_ray(b: Budget, metric: str, mode: str) -> Any:
     )
 
 
-SCHEDULERS.register("none", Scheduler("none", _none_pruner, _none_ray, description="train every trial to max_epochs"))
+SCHEDULERS.register("none", Scheduler("none", _none_pruner, _none_ray, description="train every trial to max_epochs", judges=False))
 SCHEDULERS.register(
     "asha",
     Scheduler("asha", _asha_pruner, _asha_ray, sha_rungs, bandit=True, description="asynchronous successive halving"),
@@ -119,6 +124,19 @@ SCHEDULERS.register(
 SCHEDULERS.register(
     "hyperband",
     Scheduler("hyperband", _hyperband_pruner, _hyperband_ray, sha_rungs, bandit=True, description="Hyperband brackets of successive halving"),
+)
+SCHEDULERS.register(
+    "moasha",
+    Scheduler(
+        "moasha",
+        _none_pruner,  # the driver decides (search.pareto.mo_asha_continues)
+        _none_ray,  # replaced by the ray backend's DriverDecides
+        sha_rungs,
+        bandit=True,
+        description="multi-objective successive halving: non-dominated sorting at each rung",
+        driver_side=True,
+        multi_objective=True,
+    ),
 )
 SCHEDULERS.register(
     "median",

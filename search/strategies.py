@@ -23,6 +23,8 @@ class SamplerContext:
     n_trials: int
     concurrency: int
     n_objectives: int = 1
+    # Optuna's constraints_func (measured constraints such as latency_ms <= 5), or None.
+    constraints_func: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def _tpe(ctx: SamplerContext) -> Any:
         group=True,
         constant_liar=ctx.concurrency > 1,
         warn_independent_sampling=False,
+        constraints_func=ctx.constraints_func,
     )
 
 
@@ -93,7 +96,11 @@ def _cmaes(ctx: SamplerContext) -> Any:
 def _nsga2(ctx: SamplerContext) -> Any:
     import optuna
 
-    return optuna.samplers.NSGAIISampler(seed=ctx.seed, population_size=max(4, min(50, ctx.n_trials // 3)))
+    return optuna.samplers.NSGAIISampler(
+        seed=ctx.seed,
+        population_size=max(4, min(50, ctx.n_trials // 3)),
+        constraints_func=ctx.constraints_func,
+    )
 
 
 def _check_grid(space: Space) -> list[str]:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,20 @@ def parse_faults(text: str | None) -> dict[int, tuple[str, int | None]]:
     return out
 
 
+def wants_decision(decide: Sequence[int] | None, epoch: int, metrics: Mapping[str, float] | None = None) -> bool:
+    """Whether the scheduler may stop a trial after this report: ``decide`` = [first, end,
+    warmup_steps]: epochs first <= epoch < end are judged, and never while the learning-rate
+    warmup runs (the report's ``step`` <= warmup_steps: a trial still warming up is not yet
+    comparable). None: the scheduler never stops trials. The worker waits for the driver's
+    verdict only when this holds, so unjudged epochs cost no round trip; the driver applies the
+    same rule to the same report."""
+    if decide is None or not decide[0] <= epoch < decide[1]:
+        return False
+    warmup = decide[2] if len(decide) > 2 else 0
+    step = (metrics or {}).get("step")
+    return step is None or float(step) > warmup
+
+
 def load_task_cached(task_dict: dict[str, Any]) -> Any:
     """Load a task once per process (keyed by its settings)."""
     import json
@@ -89,6 +103,8 @@ def failure_kind_of(exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, SimulatedOOM) or name in ("OutOfMemoryError", "MemoryError") or "out of memory" in text:
         return "oom"
+    if name == "DivergedError" and "loss_ceiling" in text:
+        return "diverged"  # the loss stayed above train.loss_ceiling after warmup
     if name == "DivergedError" or "nan" in text and "loss" in text:
         return "nan"
     return "exception"
@@ -103,6 +119,7 @@ class _Reporter:
         self.fault = fault
         self.history: list[dict[str, float]] = []
         self.info: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
 
     def start(self, info: dict[str, Any]) -> None:
         self.info = {
@@ -110,6 +127,9 @@ class _Reporter:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            # seconds since the attempt began (config, data, model built): the driver dates the
+            # trial's start from it, so the trial's own set-up counts as the trial's time
+            "setup_s": round(time.perf_counter() - self.t0, 4),
         }
         self.send("start", self.info)
         self._replay_checkpointed_epochs(int(info.get("resumed_from_epoch") or 0))
@@ -171,6 +191,8 @@ def execute_trial(spec: dict[str, Any], send: Callable[[str, Any], Any]) -> Tria
         )
         epochs = result.epochs_run
         state = "PRUNED" if result.stopped_early else "COMPLETE"
+        if spec.get("measure_latency") and state == "COMPLETE":
+            reporter.info["latency_ms"] = measure_latency_ms(result.model, data, train_cfg)
         return TrialOutcome(state, reporter.history, epochs, time.perf_counter() - t0, info=reporter.info)
     except Exception as e:  # noqa: BLE001 - every failure is recorded, the search goes on
         tb = traceback.format_exc(limit=6)
@@ -184,6 +206,36 @@ def execute_trial(spec: dict[str, Any], send: Callable[[str, Any], Any]) -> Tria
             failure=msg if len(msg) < 500 else msg[:500],
             info={**reporter.info, "traceback": tb[-2000:]},
         )
+
+
+def measure_latency_ms(model: Any, data: Any, train_cfg: Any, n: int = 8) -> float:
+    """Median milliseconds to translate one validation sentence at batch 1 on the trial's device
+    (greedy with the KV cache, as ``attntune translate`` does), after one untimed warm-up."""
+    import statistics
+
+    import torch
+
+    from attntune.model.train import _autocast
+    from attntune.model.transformer import greedy_decode
+
+    device = next(model.parameters()).device
+    pairs = list(data.val[:n]) or list(data.train[:n])
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i, (src, _tgt) in enumerate([pairs[0], *pairs]):
+            x = torch.tensor([list(src)], device=device)
+            max_len = train_cfg.max_decode_len or 2 * x.shape[1] + 10
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with _autocast(device, train_cfg.bf16):
+                greedy_decode(model, x, data.tgt_tok.bos_id, data.tgt_tok.eos_id, max_len)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - t0)
+    return round(1000 * statistics.median(times), 4)
 
 
 def is_finite(x: Any) -> bool:

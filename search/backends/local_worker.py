@@ -31,7 +31,7 @@ def main(fd: int, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends us
     conn = Connection(fd)
     task: dict[str, Any] | None = conn.recv()
-    from attntune.search.worker import execute_trial, warm_up
+    from attntune.search.worker import execute_trial, wants_decision, warm_up
 
     try:
         warm_up(task)
@@ -47,11 +47,11 @@ def main(fd: int, index: int) -> None:
             return
         number = spec["number"]
 
-        def send(kind: str, payload: Any, number: int = number) -> Any:
+        def send(kind: str, payload: Any, number: int = number, decide: Any = spec.get("decide")) -> Any:
             conn.send((kind, number, payload))
-            if kind == "report":
-                return conn.recv()
-            return None
+            if kind == "report" and wants_decision(decide, payload[0], payload[1]):
+                return conn.recv()  # the driver's verdict: True = stop (pruned)
+            return False
 
         try:
             outcome = execute_trial(spec, send)

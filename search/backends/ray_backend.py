@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -35,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from attntune.model.config import ConfigError
 from attntune.search.backends.ray_trainable import (
     FAILURE_KEY,
+    FINAL_KEY,
     FORWARDED_ENV,
     METRICS_KEY,
     SECONDS_KEY,
@@ -255,7 +258,6 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
     """Drive the search to its budget as one Ray Tune run."""
     from ray import tune
 
-    from attntune.search.schedulers import SCHEDULERS
 
     job = ctx.job
     session: RaySession = options.get("prepared") or prepare(job, options)
@@ -279,7 +281,7 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
             tune.with_resources(train_trial, resources),
             tune_config=tune.TuneConfig(
                 search_alg=StudySearcher(key, job.metric, job.mode),
-                scheduler=SCHEDULERS.get(job.scheduler).ray_scheduler(job.budget, job.metric, job.mode),
+                scheduler=_ray_scheduler(key, job),
                 num_samples=-1,  # the searcher says when the budget is spent
                 max_concurrent_trials=job.concurrency,
                 reuse_actors=True,
@@ -305,6 +307,34 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
         _restore_signals(handlers)
         _DRIVERS.pop(key, None)
         shutdown(session)
+
+
+def _ray_scheduler(key: str, job: Any) -> Any:
+    """Ray's own scheduler for single-metric rules; the driver's verdict (``DriverDecides``) for
+    a ``driver_side`` scheduler such as ``moasha``."""
+    from attntune.search.schedulers import SCHEDULERS
+
+    sched = SCHEDULERS.get(job.scheduler)
+    if sched.driver_side:
+        return DriverDecides(key)
+    return sched.ray_scheduler(job.budget, job.metric, job.mode)
+
+
+class DriverDecides(FIFOScheduler):
+    """Runs trials first in, first out and stops one when the search driver says so
+    (``SearchContext.driver_verdict``, with the warm-up rule of ``worker.wants_decision``).
+    Ray calls a scheduler before the callbacks that record the result, so the verdict takes
+    this result's value explicitly. Module-level, and holding only a key: Tune pickles it."""
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        driver = _DRIVERS.get(self.key)
+        if driver is None or result.get(FAILURE_KEY) or result.get(FINAL_KEY):
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.STOP if driver.verdict(trial, result) else TrialScheduler.CONTINUE
 
 
 def trial_name(trial: Any) -> str:
@@ -378,6 +408,7 @@ class _Attempt:
     reported: bool = False
     started: float = field(default_factory=time.time)
     failure: dict[str, Any] | None = None  # what a failed trial sent in its last result
+    final: dict[str, Any] = field(default_factory=dict)  # measured after training (latency_ms)
 
 
 class _Driver:
@@ -421,6 +452,7 @@ class _Driver:
         if task.get("path") and Path(task["path"]).exists():
             task["path"] = str(Path(task["path"]).resolve())
         spec["metric"] = self.ctx.job.metric
+        spec["measure_latency"] = self.ctx.measures_latency()
         spec["env"] = dict(self.env)
         return spec
 
@@ -431,6 +463,9 @@ class _Driver:
             return
         if isinstance(result.get(FAILURE_KEY), dict):
             att.failure = result[FAILURE_KEY]
+            return
+        if isinstance(result.get(FINAL_KEY), dict):
+            att.final = dict(result[FINAL_KEY])
             return
         if METRICS_KEY not in result:
             return
@@ -458,6 +493,24 @@ class _Driver:
         self.ctx.on_report(att.number, epoch, metrics, decide=False)
         if self.progress:
             self.progress.trial_epoch(att.number, epoch, metrics)
+
+    def verdict(self, trial: Any, flat: dict[str, Any]) -> bool:
+        """The driver's scheduler on a (flattened) Ray result: True = stop the trial."""
+        att = self.attempts.get(trial.trial_id)
+        if att is None or att.number not in self.ctx.running:
+            return False
+        prefix = f"{METRICS_KEY}/"
+        metrics = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        epoch = int(flat.get("epoch") or 0)
+        value = metrics.get(self.ctx.job.metric)
+        plan = self.ctx.running[att.number]
+        if value is None or not math.isfinite(float(value)) or epoch >= self.ctx.job.budget.max_epochs:
+            return False
+        from attntune.search.worker import wants_decision
+
+        if not wants_decision(self.ctx.decision_epochs(plan), epoch, metrics):
+            return False
+        return self.ctx.driver_verdict(att.number, epoch, float(value))
 
     def stop_actors(self) -> None:
         """Kill the actors of trials still running (best effort: Ray may be going down too)."""
@@ -496,7 +549,7 @@ class _Driver:
             )
         else:
             state = COMPLETE if epochs >= self.ctx.job.budget.max_epochs else PRUNED
-            outcome = TrialOutcome(state, list(plan.history), epochs, att.seconds, info=dict(plan.info))
+            outcome = TrialOutcome(state, list(plan.history), epochs, att.seconds, info={**plan.info, **att.final})
         self._finish(att.number, outcome)
 
     def on_error(self, trial: Any) -> None:

@@ -33,6 +33,7 @@ SECONDS_KEY = "attntune_seconds"
 METRICS_KEY = "attntune_metrics"
 START_KEY = "attntune_start"
 FAILURE_KEY = "attntune_failure"
+FINAL_KEY = "attntune_final"  # measured after training (latency_ms), sent as one last result
 # Driver environment variables a trial needs (the fault-injection hook); sent with each trial spec
 # because a reused actor, or one on another node, does not share the driver's environment.
 FORWARDED_ENV = ("ATTNTUNE_FAULTS",)
@@ -87,9 +88,10 @@ def train_trial(config: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     start: dict[str, Any] = {}
     last_epoch = 0
+    last_metric = math.nan
 
     def send(kind: str, payload: Any) -> bool:
-        nonlocal last_epoch
+        nonlocal last_epoch, last_metric
         if kind == "start":
             start.update(payload)
             with contextlib.suppress(Exception):
@@ -112,6 +114,7 @@ def train_trial(config: dict[str, Any]) -> None:
         if last_epoch == 0:
             result[START_KEY] = _plain(start)
         last_epoch = int(epoch)
+        last_metric = result[metric]
         # Blocks until the driver has seen the result; ends this thread if the scheduler stops us.
         tune.report(result)
         return False  # Ray's scheduler decides; the training loop never stops itself
@@ -133,5 +136,15 @@ def train_trial(config: dict[str, Any]) -> None:
                 "training_iteration": last_epoch,
                 SECONDS_KEY: outcome.seconds,
                 FAILURE_KEY: failure,
+            }
+        )
+    elif "latency_ms" in outcome.info:
+        tune.report(
+            {
+                metric: last_metric,
+                "epoch": last_epoch,
+                "training_iteration": last_epoch,
+                SECONDS_KEY: outcome.seconds,
+                FINAL_KEY: {"latency_ms": float(outcome.info["latency_ms"])},
             }
         )

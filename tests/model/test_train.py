@@ -12,7 +12,7 @@ import torch
 from attntune.model.checkpoint import translate
 from attntune.model.config import ConfigError, ModelConfig, TaskConfig, TrainConfig
 from attntune.model.data import load_task
-from attntune.model.train import DivergedError, lr_at, train
+from attntune.model.train import DivergedError, LossCeiling, lr_at, train
 from attntune.model.transformer import n_params
 
 TINY = ModelConfig(d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_len=32)
@@ -61,10 +61,14 @@ def test_metrics_info_and_reporter(reverse_data):
     result = train(TINY, FAST, reverse_data, rec)
     assert [e for e, _ in rec.reports] == [1, 2] and result.epochs_run == 2 and not result.stopped_early
     for _, m in rec.reports:
-        assert set(m) == {"train_loss", "val_loss", "val_accuracy", "val_bleu", "lr", "tokens_per_s"}
+        assert set(m) == {"train_loss", "val_loss", "val_accuracy", "val_bleu", "lr", "tokens_per_s", "step", "tokens"}
         assert all(math.isfinite(v) for v in m.values())
         assert 0 <= m["val_accuracy"] <= 1 and 0 <= m["val_bleu"] <= 100 and m["tokens_per_s"] > 0
+    # running totals: optimizer steps (max_steps_per_epoch=6 a pass) and target tokens trained so far
+    assert [m["step"] for _, m in rec.reports] == [6, 12]
+    assert 0 < rec.reports[0][1]["tokens"] < rec.reports[1][1]["tokens"] <= 12 * FAST.batch_size * 9
     info = rec.info
+    assert info["warmup_steps"] == FAST.warmup_steps
     assert info["n_params"] == result.n_params == n_params(TINY, reverse_data.src_vocab_size, reverse_data.tgt_vocab_size)
     assert info["n_heads"] == 4 and info["head_dim"] == 8
     assert info["n_encoder_layers"] == 1 and info["n_decoder_layers"] == 1 and info["device"] == "cpu"
@@ -144,6 +148,124 @@ def test_train_config_validation():
     with pytest.raises(ConfigError) as e:
         TrainConfig(lr=-1, label_smoothing=1.0, warmup_steps=-2)
     assert "lr: must be > 0" in str(e.value) and "label_smoothing" in str(e.value) and "warmup_steps" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(round_tokens=1000, round_steps=10, loss_ceiling=0)
+    problems = e.value.problems
+    assert any("round_tokens/round_steps" in p and "round_tokens=1000, round_steps=10" in p for p in problems), problems
+    assert "loss_ceiling: must be > 0, got 0" in problems
+    with pytest.raises(ConfigError, match="round_tokens: must be > 0, got -5"):
+        TrainConfig(round_tokens=-5)
+    with pytest.raises(ConfigError, match="round_steps: must be > 0, got 0"):
+        TrainConfig(round_steps=0)
+
+
+# --------------------------------------------------------------------------- budgets in tokens / steps
+
+ROUNDS = TrainConfig(lr=3e-3, warmup_steps=10, epochs=3, batch_size=32, bleu_samples=0)
+
+
+def _rounds(rec: Recorder, key: str) -> list[float]:
+    """Per-round increments of the running total ``key`` (``step`` or ``tokens``)."""
+    totals = [0] + [m[key] for _, m in rec.reports]
+    return [b - a for a, b in zip(totals, totals[1:], strict=False)]
+
+
+def test_round_tokens_give_every_batch_size_the_same_tokens(reverse_data):
+    """Two batch sizes, one token budget a round: the same tokens (within one batch), different steps.
+    2000 tokens a round is about half a pass over the data, so rounds cross data epochs."""
+    round_tokens = 2000
+    small, large = Recorder(), Recorder()
+    for rec, bs in ((small, 16), (large, 48)):
+        cfg = TrainConfig(**{**ROUNDS.__dict__, "batch_size": bs, "round_tokens": round_tokens})
+        result = train(TINY, cfg, reverse_data, rec)
+        assert [e for e, _ in rec.reports] == [1, 2, 3] and result.epochs_run == 3
+        longest = max(len(t) - 1 for _, t in reverse_data.train)
+        for delta in _rounds(rec, "tokens"):
+            assert round_tokens <= delta < round_tokens + bs * longest, (bs, delta)
+    assert sum(_rounds(small, "step")) > 2 * sum(_rounds(large, "step"))
+    assert all(s > 0 for s in _rounds(large, "step"))
+
+
+def test_round_steps_are_exact(reverse_data):
+    """25 steps a round, 19 batches a pass over the data: rounds cross data epochs, steps are exact."""
+    rec = Recorder()
+    train(TINY, TrainConfig(**{**ROUNDS.__dict__, "round_steps": 25}), reverse_data, rec)
+    assert _rounds(rec, "step") == [25, 25, 25]
+    assert all(d > 0 for d in _rounds(rec, "tokens"))
+    assert [m["lr"] for _, m in rec.reports] == [lr_at(s, ROUNDS, 75) for s in (25, 50, 75)]
+
+
+def test_rounds_resume_exactly(reverse_data, tmp_path):
+    """A checkpoint after round 1 (mid data epoch) resumes the batch stream where it stopped."""
+    cfg = TrainConfig(**{**ROUNDS.__dict__, "round_tokens": 1500, "loss_ceiling": 50.0})
+    straight = train(TINY, cfg, reverse_data)
+    ckpt = tmp_path / "ckpt"
+    first = train(TINY, cfg, reverse_data, Recorder(stop_at=1), checkpoint_dir=ckpt)
+    assert first.epochs_run == 1
+    rec = Recorder()
+    resumed = train(TINY, cfg, reverse_data, rec, checkpoint_dir=ckpt, resume=True)
+    assert rec.info["resumed_from_epoch"] == 1 and [e for e, _ in rec.reports] == [2, 3]
+    assert comparable(resumed.history) == comparable(straight.history)
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # A token round is not a step round: that checkpoint does not resume another recipe.
+    other = TrainConfig(**{**ROUNDS.__dict__, "round_steps": 8, "loss_ceiling": 50.0})
+    with pytest.warns(UserWarning, match="starting afresh"):
+        train(TINY, TrainConfig(**{**other.__dict__, "epochs": 1}), reverse_data, checkpoint_dir=ckpt)
+
+
+def test_loss_ceiling_stops_a_trial_whose_loss_stays_high(reverse_data):
+    """lr 1.0 does not make the loss NaN here, it keeps it in the tens: the ceiling stops it."""
+    cfg = TrainConfig(lr=1.0, warmup_steps=5, schedule="constant", epochs=3, batch_size=32, bleu_samples=0, loss_ceiling=10.0)
+    rec = Recorder()
+    with pytest.raises(DivergedError, match=r"moving average [0-9.]+ is above train.loss_ceiling 10 at step \d+"):
+        train(TINY, cfg, reverse_data, rec)
+    assert rec.reports == []  # in the first epoch
+
+
+def _ceiling_average(losses: list[float], warmup: int, ceiling: float) -> list[float]:
+    """The moving average LossCeiling keeps (alpha 0.1, capped inputs), for the steps after warmup."""
+    out: list[float] = []
+    for loss in losses[warmup:]:
+        out.append(min(loss, ceiling) if not out else out[-1] + 0.1 * (min(loss, 2 * ceiling) - out[-1]))
+    return out
+
+
+def test_loss_ceiling_ignores_a_transient_spike(reverse_data):
+    """Batches differ, so the per-step loss jumps about; single steps above the ceiling do not stop
+    a trial whose average stays below it. One step a round makes each report one step's loss, so
+    the ceiling is placed from a real run: above the average, below the highest step's loss."""
+    cfg = TrainConfig(lr=3e-2, warmup_steps=10, epochs=40, batch_size=32, bleu_samples=0, round_steps=1)
+    plain = train(TINY, cfg, reverse_data)
+    losses = [h["train_loss"] for h in plain.history]
+    post = losses[cfg.warmup_steps :]
+    average = _ceiling_average(losses, cfg.warmup_steps, max(post))
+    ceiling = (max(average) + max(post)) / 2
+    average = _ceiling_average(losses, cfg.warmup_steps, ceiling)
+    assert max(average) < ceiling < max(post), (max(average), ceiling, max(post))
+    spikes = [s for s, loss in enumerate(losses, 1) if s > cfg.warmup_steps and loss > ceiling]
+    assert spikes and spikes[0] > cfg.warmup_steps + 1  # a real spike, after the average started
+    guarded = train(TINY, TrainConfig(**{**cfg.__dict__, "loss_ceiling": ceiling}), reverse_data)
+    assert guarded.epochs_run == 40 and comparable(guarded.history) == comparable(plain.history)
+
+
+def test_loss_ceiling_average_absorbs_any_single_spike():
+    """However large one step's loss, the average moves by at most 0.2 x ceiling; a loss that stays
+    above the ceiling lifts it over within a few steps. NaN/inf is the training loop's own check."""
+    guard = LossCeiling(5.0, warmup_steps=3)
+    for step, loss in enumerate([50.0, 60.0, 70.0], 1):  # warmup: not watched
+        guard.update(step, loss)
+    assert guard.ema is None
+    guard.update(4, 2.0)
+    assert guard.ema == 2.0
+    guard.update(5, 1e9)
+    assert guard.ema == pytest.approx(2.0 + 0.1 * (10.0 - 2.0))
+    for step in range(6, 30):
+        guard.update(step, 2.0)
+    assert guard.ema < 2.1
+    with pytest.raises(DivergedError, match=r"moving average 5\.\d+ is above train.loss_ceiling 5 at step 34 "):
+        for step in range(30, 60):  # far above: capped at 2 x ceiling, over it in 5 steps
+            guard.update(step, 12.0)
 
 
 def test_model_max_len_must_fit_the_data(reverse_data):

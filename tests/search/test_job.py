@@ -36,7 +36,7 @@ def test_bohb_preset_is_tpe_plus_hyperband() -> None:
     ("change", "needle"),
     [
         ({"strategy": "bayes"}, "strategy: 'bayes' is not a known strategy (valid: random, grid, tpe, gp, cmaes"),
-        ({"scheduler": "pbt"}, "scheduler: 'pbt' is not a known scheduler (valid: none, asha, hyperband, median)"),
+        ({"scheduler": "pbt"}, "scheduler: 'pbt' is not a known scheduler (valid: none, asha, hyperband, moasha, median)"),
         ({"backend": "slurm"}, "backend: 'slurm' is not a known backend"),
         ({"budget": {"n_trials": 0}}, "budget.n_trials: must be > 0"),
         ({"budget": {"n_trails": 3}}, "budget.n_trails: unknown key"),
@@ -99,3 +99,87 @@ def test_job_file_round_trips_through_yaml(tmp_path: Path) -> None:
     data = tiny_job("rt")
     path = write_job(tmp_path, data)
     assert yaml.safe_load(path.read_text()) == data
+
+
+# --------------------------------------------------------------------------- budgets in tokens / steps
+
+
+def _budget_job(budget: dict, **overrides) -> dict:
+    """tiny_job with exactly this budget section (tiny_job merges budgets, keeping its epochs)."""
+    job = tiny_job(**overrides)
+    job["budget"] = budget
+    return job
+
+
+def test_token_budget_parses_into_rounds() -> None:
+    job = parse_job(_budget_job({"n_trials": 4, "max_tokens": 90_000, "min_tokens": 10_000}, scheduler="asha"))
+    b = job.budget
+    assert (b.unit, b.round_size, b.max_epochs, b.min_epochs) == ("tokens", 10_000, 9, 1)
+    assert job.base.train.round_tokens == 10_000 and job.base.train.round_steps is None
+    assert job.base.train.epochs == 9
+    settings = job.settings()
+    assert settings["budget_unit"] == "tokens" and settings["round_size"] == 10_000 and settings["max_epochs"] == 9
+    # Default round: a ninth of the budget (rounded up, so 9 rounds cover it).
+    job = parse_job(_budget_job({"n_trials": 4, "max_tokens": 1_000_000}))
+    assert (job.budget.round_size, job.budget.min_tokens, job.budget.max_epochs) == (111_112, 111_112, 9)
+    assert job.base.train.round_tokens == 111_112
+    # Not a multiple of the round: one more round, so the budget is never cut short.
+    job = parse_job(_budget_job({"n_trials": 4, "max_tokens": 25_000, "min_tokens": 10_000}))
+    assert job.budget.max_epochs == 3
+
+
+def test_step_budget_parses_into_rounds() -> None:
+    job = parse_job(_budget_job({"n_trials": 4, "max_steps": 300, "min_steps": 100}))
+    assert (job.budget.unit, job.budget.round_size, job.budget.max_epochs) == ("steps", 100, 3)
+    assert job.base.train.round_steps == 100 and job.base.train.round_tokens is None
+    plain = parse_job(tiny_job())
+    assert (plain.budget.unit, plain.budget.round_size, plain.base.train.round_tokens) == ("epochs", None, None)
+    assert plain.settings()["budget_unit"] == "epochs"
+
+
+@pytest.mark.parametrize(
+    ("budget", "needles"),
+    [
+        (
+            {"max_tokens": 9000, "max_steps": 90},
+            ["budget.max_tokens/max_steps: a budget is in tokens or in steps, not both (got max_tokens=9000, max_steps=90)"],
+        ),
+        ({"min_tokens": 1000}, ["budget.min_tokens: 1000 needs max_tokens"]),
+        ({"min_steps": 10}, ["budget.min_steps: 10 needs max_steps"]),
+        ({"max_tokens": 1000, "min_tokens": 2000}, ["budget.min_tokens: 2000 is above max_tokens=1000"]),
+        ({"max_steps": 10, "min_steps": 20}, ["budget.min_steps: 20 is above max_steps=10"]),
+        ({"max_tokens": 0}, ["budget.max_tokens: must be > 0, got 0"]),
+        ({"max_steps": 100, "min_steps": -1}, ["budget.min_steps: must be > 0, got -1"]),
+        (
+            {"max_tokens": 9000, "max_epochs": 9},
+            ["budget.max_epochs: cannot be combined with budget.max_tokens (a budget in tokens replaces epochs"],
+        ),
+        (
+            {"max_steps": 900, "max_epochs": 9, "min_epochs": 1},
+            [
+                "budget.max_epochs: cannot be combined with budget.max_steps",
+                "budget.min_epochs: cannot be combined with budget.max_steps",
+            ],
+        ),
+        ({"max_tokens": "lots"}, ["budget.max_tokens: expected an integer"]),
+    ],
+)
+def test_bad_token_and_step_budgets(budget: dict, needles: list[str]) -> None:
+    line = _problems(_budget_job({"n_trials": 4, **budget}))
+    for needle in needles:
+        assert needle in line, line
+    if len(needles) > 1:
+        assert f"{len(needles)} problems" in line
+
+
+def test_round_size_is_the_searchs_to_set() -> None:
+    line = _problems(_budget_job({"n_trials": 4, "max_tokens": 9000}, train={"round_tokens": 500}))
+    assert "train.round_tokens: set budget.max_tokens/min_tokens or budget.max_steps/min_steps instead" in line
+
+
+def test_bandit_rule_counts_rounds() -> None:
+    """max 2 rounds cannot feed a rung at factor 3; the message says what the rounds are."""
+    line = _problems(_budget_job({"n_trials": 4, "max_tokens": 2000, "min_tokens": 1000}, scheduler="asha"))
+    assert "budget.max_epochs (2) must be >= 3 x budget.min_epochs (1)" in line
+    assert "(a budget in tokens counts rounds of budget.min_tokens=1000: max_tokens=2000 is 2 rounds)" in line
+    parse_job(_budget_job({"n_trials": 4, "max_tokens": 3000, "min_tokens": 1000}, scheduler="asha"))

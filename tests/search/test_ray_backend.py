@@ -214,3 +214,13 @@ def test_an_address_where_no_ray_listens_is_refused_at_once() -> None:
     with pytest.raises(ConfigError, match="expected HOST:PORT"):
         check_address("not-an-address")
     check_address("auto")  # Ray's own keyword: left to ray.init
+
+
+def test_multi_objective_search_stops_trials_and_keeps_a_constrained_front(tmp_path: Path, mlflow_template: Path) -> None:
+    """The optuna-backend test of test_multiobjective.py, on Ray: MO-ASHA decides in the driver."""
+    from tests.search.test_multiobjective import check_pareto_search, mo_job
+
+    job = mo_job(tmp_path, mlflow_template, "ray", concurrency=2)
+    result = run_search(job, quiet=True, report=False)
+    assert ray.is_initialized()
+    check_pareto_search(result, job.tracking.resolved_uri())

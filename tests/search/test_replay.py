@@ -113,3 +113,22 @@ def test_csv_round_trip_and_incomplete_grid_is_rejected(tmp_path: Path) -> None:
     path.write_text(text.rsplit("1,0.01,1", 1)[0], encoding="utf-8")  # config 1 has no rows
     with pytest.raises(CurveError, match="curves.csv: 1 of 2 grid points have no curve"):
         load_curves(path)
+
+
+def test_pruner_is_not_asked_before_the_warmup_has_ended() -> None:
+    """As the engine (worker.wants_decision): a trial is judged only once its report's step is past
+    train.warmup_steps. 40 warmup steps at 10 steps per epoch: the first judged epoch is 5."""
+    space = parse_space({"params": {"train.lr": {"choices": [GOOD, BAD]}}})
+    rows = _rows({GOOD: [2.0 - 0.1 * i for i in range(EPOCHS)], BAD: [4.0 - 0.1 * i for i in range(EPOCHS)]})
+    for r in rows:
+        r["step"] = 10 * int(r["epoch"])
+    curves = curves_from_rows(space, rows, {"train": {"warmup_steps": 40}})
+    for gate, first_judged in ((True, 5), (False, 1)):
+        judged = 0
+        for seed in range(6):
+            trace = replay("grid", "asha", curves, budget_epochs=100, seed=seed, warmup_gate=gate)
+            first, second = trace.trials
+            if first.values["train.lr"] == GOOD:
+                assert second.state == PRUNED and second.epochs == first_judged
+                judged += 1
+        assert judged > 0

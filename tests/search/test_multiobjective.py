@@ -1,0 +1,210 @@
+"""Multi-objective search (issue 8): quality against size with early stopping, Pareto records,
+``export --pick``, and the warm-up rule of the schedulers. The ray backend's run of the same
+search is in test_ray_backend.py (it shares that module's Ray session)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from attntune.model.config import ConfigError
+from attntune.search.export import PickRule, Trial, export_config, pick_from_front
+from attntune.search.job import load_job, parse_job
+from attntune.search.pareto import dominates
+from attntune.search.run import SearchResult, run_search
+from attntune.search.worker import wants_decision
+from tests.conftest import fresh_store, tiny_job, write_job
+
+MAX_PARAMS = 20_000
+# Wide enough that some trials are clearly worse after one epoch (so MO-ASHA stops them) and some
+# configs are over MAX_PARAMS (so they are INFEASIBLE, never trained).
+MO_SPACE = {
+    "params": {
+        "model.n_heads": [1, 2, 4],
+        "model.head_dim": [4, 8, 16],
+        "model.n_layers": {"type": "int", "low": 1, "high": 2},
+        "train.lr": {"type": "float", "low": 1e-4, "high": 2e-2, "log": True},
+    }
+}
+
+
+def mo_job(tmp_path: Path, template: Path, backend: str, **overrides: Any) -> Any:
+    store = fresh_store(template, tmp_path)
+    raw = tiny_job(
+        f"mo-{backend}",
+        backend=backend,
+        space=MO_SPACE,
+        strategy="nsga2",
+        scheduler="moasha",
+        objectives={"val_loss": "min", "n_params": "min"},
+        constraints=[f"n_params <= {MAX_PARAMS}", "latency_ms <= 1000"],
+        budget={"n_trials": 12, "max_epochs": 3, "min_epochs": 1},
+        tracking=store,
+        output=str(tmp_path / "out"),
+        **overrides,
+    )
+    raw["train"] = {**raw["train"], "warmup_steps": 0}
+    return load_job(write_job(tmp_path, raw))  # from a file, as a user runs it (export reads job.yaml)
+
+
+def check_pareto_search(result: SearchResult, store: str) -> None:
+    """What a user relies on from a multi-objective search, on either backend."""
+    t = result.table
+    trained = t[t["state"].isin(["COMPLETE", "PRUNED"])]
+    assert len(t) >= 12 and len(trained) == 12  # infeasible samples do not use the budget
+    assert (trained["n_params"] <= MAX_PARAMS).all()
+    infeasible = t[t["state"] == "INFEASIBLE"]
+    assert (infeasible["n_params"] > MAX_PARAMS).all()
+    assert (t["state"] == "PRUNED").any(), "MO-ASHA stopped no trial"
+    assert (t.loc[t["state"] == "PRUNED", "epochs"] < 3).all()
+
+    done = t[t["state"] == "COMPLETE"]
+    assert done["latency_ms"].notna().all() and (done["latency_ms"] > 0).all()
+    points = {int(r["number"]): (float(r["objective.val_loss"]), float(r["objective.n_params"])) for _, r in done.iterrows()}
+    front = sorted(int(n) for n in t.loc[t["pareto"].astype(bool), "number"])
+    assert front and set(front) <= set(points)
+    for a in front:  # pairwise non-dominated ...
+        assert not any(dominates(points[b], points[a]) for b in front if b != a)
+    for n in set(points) - set(front):  # ... and everything off the front is dominated by it
+        assert any(dominates(points[f], points[n]) or points[f] == points[n] for f in front)
+
+    client = MlflowClient(store)
+    runs = client.search_runs([result.experiment_id], max_results=200)
+    children = {int(r.data.tags["attntune.trial_number"]): r for r in runs if r.data.tags.get("attntune.kind") == "trial"}
+    assert set(children) == set(int(n) for n in t["number"])
+    assert {n for n, r in children.items() if r.data.tags.get("pareto") == "true"} == set(front)
+    assert all(r.data.tags.get("pareto") in ("true", "false") for r in children.values())
+    parent = next(r for r in runs if r.data.tags.get("attntune.kind") == "search")
+    assert parent.data.tags["pareto_trials"] == ",".join(map(str, front))
+    assert "pareto.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_optuna_backend_finds_a_constrained_pareto_front_and_stops_trials_early(
+    tmp_path: Path, mlflow_template: Path
+) -> None:
+    job = mo_job(tmp_path, mlflow_template, "optuna", concurrency=2)
+    result = run_search(job, quiet=True, report=False)
+    check_pareto_search(result, job.tracking.resolved_uri())
+
+    # export --pick: the knee and a size cap both come from the front, and say so in provenance
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        knee = export_config(job.name, tracking_uri=job.tracking.resolved_uri(), output=Path("knee.yaml"), pick=PickRule(knee=True))
+        front = set(int(n) for n in result.table.loc[result.table["pareto"].astype(bool), "number"])
+        assert knee.trial.number in front
+        doc = yaml.safe_load(Path("knee.yaml").read_text())
+        assert doc["provenance"]["pick"] == "knee of the front"
+        assert set(doc["provenance"]["pareto_trials"]) == front
+        smallest = int(result.table[result.table["pareto"].astype(bool)]["n_params"].min())
+        capped = export_config(
+            job.name, tracking_uri=job.tracking.resolved_uri(), output=Path("small.yaml"), pick=PickRule(max_params=smallest)
+        )
+        assert int(capped.trial.params["n_params"]) == smallest
+        with pytest.raises(ConfigError, match=f"no Pareto trial has n_params <= {smallest - 1}"):
+            export_config(job.name, tracking_uri=job.tracking.resolved_uri(), output=Path("x.yaml"), pick=PickRule(max_params=smallest - 1))
+        assert not Path("x.yaml").exists()
+    finally:
+        os.chdir(cwd)
+
+
+def _t(number: int, loss: float, params: int, latency: float, state: str = "COMPLETE") -> Trial:
+    return Trial(
+        run_id=f"r{number}",
+        number=number,
+        state=state,
+        value=loss,
+        params={"n_params": str(params)},
+        metrics={"best_val_loss": loss, "n_params": float(params), "latency_ms": latency},
+    )
+
+
+OBJ = [("val_loss", "min"), ("n_params", "min")]
+# A hand-made front (loss falls as size grows) with a clear knee at trial 2.
+FRONT = [_t(0, 3.0, 1_000, 1.0), _t(1, 2.2, 2_000, 2.0), _t(2, 1.3, 4_000, 3.0), _t(3, 1.25, 20_000, 9.0), _t(4, 1.2, 60_000, 20.0)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (PickRule(knee=True), 2),
+        (PickRule(), 4),  # best first objective
+        (PickRule(max_params=20_000), 3),
+        (PickRule(max_params=3_000), 1),
+        (PickRule(max_latency_ms=2.5), 1),
+        (PickRule(max_params=10_000, max_latency_ms=1.5), 0),
+        (PickRule(max_params=20_000, knee=True), 2),
+    ],
+)
+def test_pick_rules_choose_the_expected_trial_of_a_hand_made_front(rule: PickRule, expected: int) -> None:
+    assert pick_from_front(FRONT, OBJ, rule, "s").number == expected
+
+
+def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
+    with pytest.raises(ConfigError, match=r"no Pareto trial has latency_ms <= 0.5 \(the smallest on the front: 1\)"):
+        pick_from_front(FRONT, OBJ, PickRule(max_latency_ms=0.5), "s")
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"strategy": "gp"}, "strategy 'gp' is single-objective; this job has 2 objectives"),
+        ({"strategy": "nsga2", "scheduler": "asha"}, "scheduler 'asha' with strategy 'nsga2'"),
+        ({"strategy": "bohb", "scheduler": None}, "scheduler 'hyperband' with strategy 'tpe'"),
+        ({"objectives": {"val_loss": "min"}, "strategy": "tpe", "scheduler": "moasha"}, "moasha ranks several objectives"),
+        ({"objectives": {"n_params": "min", "latency_ms": "min"}}, "at least one must be a metric reported"),
+        ({"objectives": {"size": "min", "val_loss": "min"}}, "objectives.size: unknown objective"),
+        ({"constraints": ["n_params < 5"]}, "constraints[0]: 'n_params < 5' is not 'NAME <= NUMBER'"),
+        ({"metric": "val_loss"}, "metric/mode: a job with objectives takes its metric from them"),
+    ],
+)
+def test_bad_multi_objective_jobs_name_the_rule(changes: dict[str, Any], needle: str) -> None:
+    raw = tiny_job("bad", strategy="nsga2", scheduler="moasha", objectives={"val_loss": "min", "n_params": "min"})
+    for k, v in changes.items():
+        if v is None:
+            raw.pop(k, None)
+        else:
+            raw[k] = v
+    with pytest.raises(ConfigError) as e:
+        parse_job(raw)
+    assert needle in str(e.value)
+
+
+def test_no_verdict_before_warmup_has_ended() -> None:
+    decide = (1, 4, 12)  # judged from epoch 1 to 3, warmup 12 steps
+    assert not wants_decision(decide, 1, {"step": 6})  # still warming up
+    assert not wants_decision(decide, 2, {"step": 12})  # the last warmup step
+    assert wants_decision(decide, 3, {"step": 18})
+    assert not wants_decision(decide, 4, {"step": 24})  # the last epoch is never judged
+    assert not wants_decision(None, 2, {"step": 100})  # scheduler none
+
+
+@pytest.mark.parametrize("warmup", [0, 12])
+def test_asha_never_judges_a_trial_still_warming_up(tmp_path: Path, mlflow_template: Path, warmup: int) -> None:
+    """Same search twice: with no warm-up ASHA stops trials at epoch 1; with a warm-up of two
+    epochs' steps (6 steps per epoch) it may not, so every trial trains to the end."""
+    store = fresh_store(mlflow_template, tmp_path)
+    raw = tiny_job(
+        f"warm{warmup}",
+        space=MO_SPACE,
+        strategy="random",
+        scheduler="asha",
+        budget={"n_trials": 8, "max_epochs": 3, "min_epochs": 1},
+        tracking=store,
+        output=str(tmp_path / "out"),
+    )
+    raw["train"] = {**raw["train"], "warmup_steps": warmup}
+    t = run_search(parse_job(raw), quiet=True, report=False).table
+    pruned = t[t["state"] == "PRUNED"]
+    if warmup == 0:
+        assert len(pruned) > 0 and (pruned["epochs"] == 1).all()
+    else:
+        assert pruned.empty and (t["epochs"] == 3).all()
+    assert all(math.isfinite(v) for v in t["best"])
