@@ -142,8 +142,10 @@ def _plain_worker(storage: str, n: int, steps: int) -> None:
 
         rep = Rep()
         t0 = time.perf_counter()
-        train(run.model, run.train, data, rep)
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        try:
+            train(run.model, run.train, data, rep)
+        finally:  # a pruned trial's training counts too
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
         return rep.last
 
     study.optimize(objective, n_trials=n)
@@ -154,7 +156,8 @@ def run_plain(n_trials: int, concurrency: int, steps: int, folder: Path) -> dict
 
     storage = f"sqlite:///{(folder / 'plain.db').as_posix()}"
     t0 = time.time()
-    optuna.create_study(study_name="plain", storage=storage, direction="minimize")
+    # No pruning, as the attntune runs above (scheduler none): every trial trains all its epochs.
+    optuna.create_study(study_name="plain", storage=storage, direction="minimize", pruner=optuna.pruners.NopPruner())
     ctx = mp.get_context("spawn")
     per = [n_trials // concurrency + (1 if i < n_trials % concurrency else 0) for i in range(concurrency)]
     procs = [ctx.Process(target=_plain_worker, args=(storage, k, steps)) for k in per]

@@ -172,6 +172,13 @@ class SearchContext:
         self.running: dict[int, TrialPlan] = {}
         self.pending_reruns: list[TrialPlan] = []
         self.n_launched = 0
+        # Budget bookkeeping read from the study once, not on every event (each read is a query
+        # and a deserialisation of every trial): in the search's own SQLite study the count is
+        # re-read only after this driver adds a trial; a shared study (``--storage``/``--join``),
+        # where other drivers add trials, is always read.
+        self._private_study = storage is None and not join
+        self._counted: tuple[int, float] | None = None
+        self._clock: tuple[float, float] | None = None
         self.interrupted: str | None = None
         self._recording = 0
         self._deferred_signal: int | None = None
@@ -255,6 +262,7 @@ class SearchContext:
         else:
             self._start_parent()
         self._set_driver_state("running")
+        self._counted = self._clock = None
 
     def _sampler_context(self, seed: int, n_trials: int) -> Any:
         from attntune.search.strategies import SamplerContext
@@ -490,23 +498,29 @@ class SearchContext:
         """Trials that used budget: finished (not infeasible) plus every RUNNING trial in the
         study, this driver's and, in a shared study (``--join``), the other drivers'. A rerun
         waiting in ``pending_reruns`` is RUNNING in the study, so it is counted once."""
+        now = time.monotonic()
+        if self._counted is not None and self._private_study:
+            return self._counted[0]
         done = 0
         for t in self.study.get_trials(deepcopy=False):
             if t.user_attrs.get(ATTR_STATE) == INFEASIBLE:
                 continue
             done += 1
+        self._counted = (done, now)
         return done
 
     def time_left(self) -> float | None:
         limit = self.job.budget.time_limit_s
         if limit is None:
             return None
-        start = float(self.study.user_attrs.get("started_at", self.started)) if self.study else self.started
+        if self._clock is None:  # fixed for the session: the study's start and earlier sessions' time
+            attrs = self.study.user_attrs if self.study else {}
+            self._clock = (float(attrs.get("started_at", self.started)), float(attrs.get("time_used_s", 0.0)))
+        start, earlier = self._clock
         if self.join:  # a joined driver shares the first driver's clock
             return limit - (time.time() - start)
         # Resumed searches count from this session's start plus what earlier sessions used.
-        used = time.time() - max(start, self.started) + float(self.study.user_attrs.get("time_used_s", 0.0))
-        return limit - used
+        return limit - (time.time() - max(start, self.started) + earlier)
 
     @_recorded
     def can_launch(self) -> bool:
@@ -542,6 +556,7 @@ class SearchContext:
         infeasible_streak = 0
         while True:
             trial = self.study.ask()
+            self._counted = None  # a new trial: count again
             driver_fault("asked", trial.number)
             values = self.job.space.sample(trial)
             try:
