@@ -7,6 +7,7 @@ Commands are added here as thin wrappers around functions in the other modules.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -412,7 +413,41 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; bad input becomes one line on stderr and exit code 2."""
+    """Run the CLI; bad input becomes one line on stderr and exit code 2.
+
+    As the ``attntune`` program (no ``argv``) it ends with ``os._exit`` once its exit handlers have
+    run: the interpreter's teardown of torch, MLflow's SQLAlchemy engines and Optuna takes ~2 s and
+    writes nothing (every store is closed by then). Called with ``argv`` (tests, notebooks) it
+    raises SystemExit as usual."""
+    if argv is not None:
+        _main(argv)
+        return
+    try:
+        _main(None)
+    except SystemExit as e:
+        _fast_exit(e.code)
+
+
+def _fast_exit(code: object) -> None:
+    import atexit
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message")
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()  # logging, Ray, warm worker pools: whatever registered to run at exit
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe must not change the exit status
+            pass
+    os._exit(status)
+
+
+def _main(argv: list[str] | None) -> None:
     import logging
 
     for noisy in ("mlflow", "alembic", "optuna"):

@@ -101,16 +101,3 @@ def store(mlflow_template: Path, tmp_path: Path) -> str:
     """A fresh real MLflow store (SQLite) in this test's tmp folder."""
     return fresh_store(mlflow_template, tmp_path)
 
-
-# Modules that start Ray (a local Ray, logical GPUs, a two-node cluster, drivers on Ray): under
-# `pytest -n 2` (make test) they share one xdist worker, one after the other, so two Rays never
-# start at once on one machine (their agents' default ports would collide). Every other module runs
-# whole on one worker, so its module-scoped fixtures run once.
-RAY_MODULES = {"test_ray_backend", "test_gpu_placement", "test_resume", "test_submit_cluster"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group = "ray" if Path(module).stem in RAY_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
