@@ -163,6 +163,10 @@ def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
         ({"objectives": {"size": "min", "val_loss": "min"}}, "objectives.size: unknown objective"),
         ({"constraints": ["n_params < 5"]}, "constraints[0]: 'n_params < 5' is not 'NAME <= NUMBER'"),
         ({"metric": "val_loss"}, "metric/mode: a job with objectives takes its metric from them"),
+        (
+            {"objectives": {"val_loss": "min"}, "constraints": ["latency_ms <= 5"], "strategy": "tpe", "scheduler": "asha", "backend": "ray"},
+            "latency_ms is measured after a trial's last epoch",
+        ),
     ],
 )
 def test_bad_multi_objective_jobs_name_the_rule(changes: dict[str, Any], needle: str) -> None:
