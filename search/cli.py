@@ -106,9 +106,13 @@ def _print_best(result: Any) -> None:
     b = result.best
     console.print(f"best: trial {int(b['number'])} {job.metric}={float(b['value']):.4g}")
     keys = [c for c in t.columns if c.startswith(("model.", "train."))]
+    ints = _int_fields()
     for k in keys:
         if k in b and b[k] == b[k] and b[k] is not None:
-            console.print(f"  {k}: {b[k]}")
+            v = b[k]
+            if k in ints and isinstance(v, float) and v.is_integer():
+                v = int(v)  # a column with a missing value (an infeasible trial) reads back as float
+            console.print(f"  {k}: {v}")
     console.print(f"results: {result.output / 'results.csv'}")
     console.print(f"export: attntune export --experiment {job.tracking.experiment or job.name} --output best.yaml")
 
@@ -401,6 +405,20 @@ def jobs_stop(
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _int_fields() -> set[str]:
+    """Dotted names of the integer fields of ModelConfig and TrainConfig."""
+    import dataclasses
+
+    from attntune.model.config import ModelConfig, TrainConfig
+
+    return {
+        f"{prefix}.{f.name}"
+        for prefix, cls in (("model", ModelConfig), ("train", TrainConfig))
+        for f in dataclasses.fields(cls)
+        if str(f.type).split("|")[0].strip() == "int"
+    }
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
