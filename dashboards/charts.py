@@ -108,9 +108,7 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
             keys.append(None)
             continue
         keys.append(vals if all(math.isfinite(v) for v in vals) else None)
-
-    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+    from attntune.search.pareto import dominates
 
     valid = [(i, k) for i, k in enumerate(keys) if k is not None]
     front = [i for i, k in valid if not any(dominates(o, k) for _, o in valid)]

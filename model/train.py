@@ -80,6 +80,13 @@ class LossCeiling:
             )
 
 
+def _epoch_batches(data: TaskData, cfg: TrainConfig, epoch: int, per_epoch: int) -> list[list[int]]:
+    """Data epoch ``epoch``'s shuffled batches (seeded by the recipe's seed and the epoch), cut to
+    ``per_epoch``: the same in epoch mode, in a round's stream and when a resume recounts tokens."""
+    seed = cfg.seed * 100_003 + epoch
+    return batch_indices(data.train, cfg.batch_size, cfg.batch_unit, shuffle=True, seed=seed)[:per_epoch]
+
+
 class _BatchStream:
     """Training batches epoch after epoch of the data, each data epoch reshuffled with the seed an
     epoch-mode run uses for it; ``position`` (data epoch, next batch) is all a resume needs."""
@@ -100,9 +107,7 @@ class _BatchStream:
         if self._batches is None or self.index >= len(self._batches):
             if self._batches is not None:
                 self.data_epoch, self.index = self.data_epoch + 1, 0
-            c = self.cfg
-            seed = c.seed * 100_003 + self.data_epoch
-            self._batches = batch_indices(self.data.train, c.batch_size, c.batch_unit, shuffle=True, seed=seed)[: self.per_epoch]
+            self._batches = _epoch_batches(self.data, self.cfg, self.data_epoch, self.per_epoch)
         idx = self._batches[self.index]
         self.index += 1
         return idx
@@ -320,9 +325,7 @@ def train(
                 tokens_total = sum(
                     len(data.train[i][1]) - 1
                     for e in range(1, start_epoch + 1)
-                    for idx in batch_indices(
-                        data.train, train_cfg.batch_size, train_cfg.batch_unit, shuffle=True, seed=train_cfg.seed * 100_003 + e
-                    )[:steps_per_epoch]
+                    for idx in _epoch_batches(data, train_cfg, e, steps_per_epoch)
                     for i in idx
                 )
             torch.set_rng_state(state["rng_cpu"])
@@ -341,9 +344,7 @@ def train(
     for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
         model.train()
         if stream is None:
-            batches = batch_indices(
-                data.train, train_cfg.batch_size, train_cfg.batch_unit, shuffle=True, seed=train_cfg.seed * 100_003 + epoch
-            )[:steps_per_epoch]
+            batches = _epoch_batches(data, train_cfg, epoch, steps_per_epoch)
         else:
             batches, round_start = stream, step
         loss_sum, n_tokens = 0.0, 0

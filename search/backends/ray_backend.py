@@ -471,14 +471,9 @@ class _Driver:
             return
         start = result.get(START_KEY)
         if isinstance(start, dict) and not att.reported:  # each attempt's first report
-            self.ctx.on_start(att.number, start)
-            plan = self.ctx.running[att.number]
-            if plan.attempt == 1:
-                # start_time = when training began (driver clock), not when Ray was asked for
-                # the trial: actor start-up and waiting for resources are not the trial's time,
-                # as the optuna backend's worker start-up is not.
-                began = time.time() - float(result.get(SECONDS_KEY) or 0.0)
-                self.ctx.study._storage.set_trial_user_attr(plan.trial_id, "start_time", began)
+            # start_time = when training began (driver clock), not when Ray was asked for the
+            # trial: actor start-up and waiting for resources are not the trial's time.
+            self.ctx.on_start(att.number, start, began=time.time() - float(result.get(SECONDS_KEY) or 0.0))
         seconds = float(result.get(SECONDS_KEY) or 0.0)
         if START_KEY in result and att.reported:  # first report of a resumed run
             att.segment_base += att.last_seconds
