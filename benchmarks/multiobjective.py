@@ -9,15 +9,16 @@ counted in epochs read (as ``benchmarks/replay.py`` does for one objective):
 - ``nsga2+mo-asha``: NSGA-II plus attntune's MO-ASHA rule (scheduler ``moasha``:
   ``search/pareto.py``'s ``mo_asha_continues`` as ``SearchContext.driver_verdict`` applies it): at
   each rung (``min_epochs`` 1 x 3^k below ``max_epochs``, the successive halving rungs of
-  ``search/schedulers.py``), the point (val_loss at that epoch, n_params) of every trial that reached
-  the rung so far, in arrival order, is ranked; the trial goes on if it is on the rung's first front
-  or among the best ``max(1, n // 3)`` by NSGA-II selection order, otherwise it stops and is told to
-  Optuna as ``PRUNED`` (a non-finite val_loss is not judged). A trial is judged only where the
-  engine judges it: ``attntune.search.worker.wants_decision`` with ``(min_epochs, max_epochs, the
+  ``search/schedulers.py``), the point (val_loss it was settled with, n_params) of every trial settled
+  at the rung so far, in arrival order, is ranked; the trial goes on if it is on the rung's first
+  front or among the best ``max(1, n // 3)`` by NSGA-II selection order, otherwise it stops and is
+  told to Optuna as ``PRUNED`` (a non-finite val_loss is not judged). A trial is judged only where
+  the engine judges it: ``attntune.search.worker.wants_decision`` with ``(min_epochs, max_epochs, the
   trial's train.warmup_steps)`` and the report's ``step`` (``benchmarks/replay.py``: the table's
   ``step`` column, else epoch x the recorded steps per epoch, 15 on both tables), so never before its
-  learning-rate warmup has ended; its val_loss at a rung it passed unjudged still ranks the trials
-  that reach that rung later, as the engine reads every trial's reported value at the rung;
+  learning-rate warmup has ended. Its first judged report settles every rung it has passed since its
+  last one, with its val_loss then (the engine's ``driver_verdict``; Optuna's successive halving
+  does the same), so a value from warmup ranks no one;
 - ``nsga2``: NSGA-II, every trial trained to the last epoch;
 - ``random``: random sampling, every trial trained to the last epoch.
 
@@ -188,6 +189,7 @@ def mo_replay(
         decide = decision_epochs(curves, values, min_epochs, moasha.judges) if early_stop else None
         seen: list[float] = []
         state = COMPLETE
+        judged_through = 0
         for epoch, metrics in enumerate(curve, 1):
             if used >= budget_epochs:
                 state = CUT
@@ -195,18 +197,24 @@ def mo_replay(
             used += 1
             value = metrics.get(METRIC, math.nan)
             seen.append(value)
-            # As the engine: a finite value is stored whether or not it is judged (driver_verdict
-            # ranks every trial's value at the rung); the trial is judged only at a rung (below
-            # max_epochs) where wants_decision holds, i.e. once its warmup has ended.
-            if epoch in rung_points and math.isfinite(value):
-                points = rung_points[epoch]
+            if not math.isfinite(value):
+                continue
+            # As the engine: the trial is judged where wants_decision holds (once its warmup has
+            # ended), settling every rung passed since its last judged report with its value now;
+            # a rung ranks the values its trials were settled with (values from warmup never count).
+            shown = report(metrics, epoch, per_epoch) if warmup_gate else None
+            if not wants_decision(decide, epoch, shown):
+                continue
+            due = [r for r in rungs if judged_through < r <= epoch]
+            judged_through = epoch
+            for rung in due:
+                points = rung_points[rung]
                 points.append((value, float(size)))
-                shown = report(metrics, epoch, per_epoch) if warmup_gate else None
-                if wants_decision(decide, epoch, shown) and not mo_asha_continues(
-                    points, len(points) - 1, REDUCTION_FACTOR
-                ):
+                if not mo_asha_continues(points, len(points) - 1, REDUCTION_FACTOR):
                     state = PRUNED
                     break
+            if state == PRUNED:
+                break
         finite = [v for v in seen if math.isfinite(v)]
         best = min(finite) if finite else None
         if state == COMPLETE and best is None:
@@ -351,7 +359,7 @@ def _one(job: tuple[str, str, str, bool, int, int, bool]) -> tuple[str, int, Tra
 
 
 def _frac(x: float) -> str:
-    return "> 1" if not math.isfinite(x) else f"{x:.2f}"
+    return "> 1" if not math.isfinite(x) else f"{x:.3f}"
 
 
 def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | None) -> float:

@@ -50,6 +50,7 @@ MAX_CONSECUTIVE_INFEASIBLE = 200
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_RUN = "mlflow_run_id"
 ATTR_STATE = "attntune_state"
+ATTR_RUNGS = "rungs"  # {rung epoch: the value a driver-side scheduler settled the trial with}
 DRIVER_FAULT_ENV = "ATTNTUNE_DRIVER_FAULT"
 
 
@@ -137,6 +138,7 @@ class TrialPlan:
     started: float = field(default_factory=time.time)
     history: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    judged_through: int = 0  # the last epoch the driver's own scheduler judged (driver_verdict)
 
     def spec(
         self, threads: int | None, checkpoint_dir: Path | None, decide: tuple[int, int, int] | None = None
@@ -752,31 +754,42 @@ class SearchContext:
         )
 
     def driver_verdict(self, number: int, epoch: int, value: float) -> bool:
-        """``moasha``: at a rung, rank every trial that reached it by non-dominated sorting of
-        (metric at the rung, static cost objectives) and stop this one unless it is on the rung's
-        front or among the best 1/3 (search.pareto.mo_asha_continues). True = stop."""
-        from attntune.search.pareto import mo_asha_continues, to_min
+        """``moasha``: at a rung, rank every trial settled there by non-dominated sorting of
+        (metric, static cost objectives) and stop this one unless it is on the rung's front or
+        among the best 1/3 (search.pareto.mo_asha_continues). True = stop.
 
-        if epoch not in set(self.scheduler.rungs(self.job.budget)):
+        A trial is settled at a rung by its first judged report at or past it, with the value it
+        has then, and the rung keeps that value (user attr ``rungs``), as Optuna's successive
+        halving does: rungs passed during warm-up are settled once warm-up ends (else a trial whose
+        warm-up outlasts the rungs would never be judged), and values from warm-up, not yet
+        comparable, never rank anyone."""
+        from attntune.search.pareto import mo_asha_continues, to_min
+        from attntune.search.schedulers import REDUCTION_FACTOR
+
+        plan = self.running[number]
+        due = [r for r in self.scheduler.rungs(self.job.budget) if plan.judged_through < r <= epoch]
+        plan.judged_through = max(plan.judged_through, epoch)
+        if not due:
             return False
         costs = [o for o in self.job.objectives if o.kind == "static"]
         modes = [self.job.mode] + [o.mode for o in costs]
-        points, me = [], -1
-        for t in self.study.get_trials(deepcopy=False):
-            v = value if t.number == number else t.intermediate_values.get(epoch)
-            if v is None or not math.isfinite(v):
-                continue
-            statics = [t.user_attrs.get(o.name) for o in costs]
-            if any(s is None for s in statics):
-                continue
-            if t.number == number:
-                me = len(points)
-            points.append(to_min([v, *statics], modes))
-        if me < 0:
-            return False
-        from attntune.search.schedulers import REDUCTION_FACTOR
-
-        return not mo_asha_continues(points, me, REDUCTION_FACTOR)
+        trials = self.study.get_trials(deepcopy=False)
+        mine = next(t for t in trials if t.number == number)
+        settled = {**(mine.user_attrs.get(ATTR_RUNGS) or {}), **{str(r): value for r in due}}
+        self.study._storage.set_trial_user_attr(plan.trial_id, ATTR_RUNGS, settled)
+        for rung in due:
+            points, me = [], -1
+            for t in trials:
+                v = value if t.number == number else (t.user_attrs.get(ATTR_RUNGS) or {}).get(str(rung))
+                statics = [t.user_attrs.get(o.name) for o in costs]
+                if v is None or not math.isfinite(v) or any(s is None for s in statics):
+                    continue
+                if t.number == number:
+                    me = len(points)
+                points.append(to_min([v, *statics], modes))
+            if me >= 0 and not mo_asha_continues(points, me, REDUCTION_FACTOR):
+                return True
+        return False
 
     @_recorded
     def on_finish(self, number: int, outcome: Any) -> str:

@@ -212,3 +212,34 @@ def test_asha_never_judges_a_trial_still_warming_up(tmp_path: Path, mlflow_templ
     else:
         assert pruned.empty and (t["epochs"] == 3).all()
     assert all(math.isfinite(v) for v in t["best"])
+
+
+def test_moasha_settles_the_rungs_a_trial_passed_while_warming_up(tmp_path: Path, mlflow_template: Path) -> None:
+    """Rungs at epochs 1 and 3; warm-up (6 steps, 6 steps per epoch) ends with epoch 1. Rung 1 was
+    passed unjudged, so each trial is settled there at epoch 2 with its epoch-2 value (a rung-only
+    rule would wait for epoch 3), and at rung 3 with its epoch-3 value; the study keeps the values
+    it settled them with, and no trial is stopped while warming up."""
+    from attntune.search.results import load_study
+
+    store = fresh_store(mlflow_template, tmp_path)
+    raw = tiny_job(
+        "mo-warm",
+        space=MO_SPACE,
+        strategy="random",
+        scheduler="moasha",
+        objectives={"val_loss": "min", "n_params": "min"},
+        budget={"n_trials": 10, "max_epochs": 4, "min_epochs": 1},
+        concurrency=2,
+        tracking=store,
+        output=str(tmp_path / "out"),
+    )
+    raw["train"] = {**raw["train"], "warmup_steps": 6}
+    t = run_search(parse_job(raw), quiet=True, report=False).table
+    pruned = t[t["state"] == "PRUNED"]
+    assert len(pruned) > 0, "MO-ASHA stopped no trial once warm-up had ended"
+    assert (pruned["epochs"] >= 2).all() and (pruned["epochs"] == 2).any()
+    for trial in load_study(tmp_path / "out").trials:
+        values = trial.intermediate_values
+        if 2 in values:
+            expected = {"1": values[2], **({"3": values[3]} if 3 in values else {})}
+            assert trial.user_attrs["rungs"] == expected, trial.number
