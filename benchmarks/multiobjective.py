@@ -35,7 +35,7 @@ nsga2's median hypervolume at the full budget (target: <= 1/2).
     python benchmarks/multiobjective.py --no-warmup-gate         # judge during warmup too (the old replay)
 
 Sizes come from the tables' ``n_params`` column (``benchmarks/record_curves.py`` writes one). A table
-without it gets them computed from the configurations with ``attntune.model.transformer.n_params``,
+without it gets them computed from the configurations with ``attntune.model.cost.n_params``,
 after building the table's task once for its vocabulary sizes (on both recorded tables this gives
 exactly the recorded column).
 """
@@ -100,8 +100,8 @@ def _computed_sizes(curves: Curves) -> dict[Key, int]:
     import itertools
 
     from attntune.model.config import RunConfig, load_dataclass
+    from attntune.model.cost import n_params
     from attntune.model.data import load_task
-    from attntune.model.transformer import n_params
     from attntune.spaces.space import make_config
 
     meta = curves.meta

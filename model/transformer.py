@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attntune.model.config import ModelConfig
+from attntune.model.cost import n_params  # noqa: F401 - part of the model's API: the count of what it builds
 
 LayerCache = dict[str, dict[str, Tensor]]  # {"self": {"k", "v"}, "cross": {"k", "v"}} for one layer
 
@@ -239,20 +240,6 @@ class Transformer(nn.Module):
     def new_cache(self) -> list[LayerCache]:
         """Empty key/value cache for incremental decoding, one entry per decoder layer."""
         return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
-
-
-def n_params(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> int:
-    """Exact number of trainable parameters of ``Transformer(cfg, ...)``, tied weights counted once."""
-    d, f = cfg.d_model, cfg.d_ff
-    norm = 2 * d  # LayerNorm weight + bias
-    attn = 4 * d * d + 4 * d  # Q, K, V and output projections with biases (fused or not)
-    ffn = d * f + f + f * d + d
-    encoder = cfg.n_encoder_layers * (attn + ffn + 2 * norm)
-    decoder = cfg.n_decoder_layers * (2 * attn + ffn + 3 * norm)
-    final_norms = 2 * norm if cfg.norm_first else 0
-    embeddings = (src_vocab_size + tgt_vocab_size) * d
-    output = 0 if cfg.tie_embeddings else tgt_vocab_size * d
-    return embeddings + encoder + decoder + final_norms + output
 
 
 # --------------------------------------------------------------------------- decoding

@@ -404,7 +404,7 @@ class SearchContext:
         """
         import optuna
 
-        from attntune.model.transformer import n_params
+        from attntune.model.cost import n_params
 
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             attrs = t.user_attrs
@@ -542,7 +542,7 @@ class SearchContext:
     def next_trial(self) -> TrialPlan | None:
         """The next trial to run: a rerun first, else a new feasible sample (or None)."""
 
-        from attntune.model.transformer import n_params
+        from attntune.model.cost import n_params
 
         if self.pending_reruns:
             plan = self.pending_reruns.pop(0)

@@ -64,7 +64,7 @@ def estimate_bytes(
     ``max_tokens`` is the longest sequence (source or target, in tokens) a batch can hold.
     ``cuda`` selects bf16 activations (when ``train_cfg.bf16``) and adds the CUDA overhead.
     """
-    from attntune.model.transformer import n_params
+    from attntune.model.cost import n_params
 
     m = model_cfg
     p = n_params(m, src_vocab, tgt_vocab)

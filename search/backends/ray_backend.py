@@ -317,7 +317,68 @@ def _ray_scheduler(key: str, job: Any) -> Any:
     sched = SCHEDULERS.get(job.scheduler)
     if sched.driver_side:
         return DriverDecides(key)
-    return sched.ray_scheduler(job.budget, job.metric, job.mode)
+    inner = sched.ray_scheduler(job.budget, job.metric, job.mode)
+    return WarmupGate(inner) if sched.judges else inner
+
+
+def warming_up(config: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether a Ray result was reported during the trial's learning-rate warm-up (its ``step``
+    <= the trial's ``train.warmup_steps``; the rule of ``worker.wants_decision``)."""
+    step = result.get("step")
+    warmup = ((config.get("config") or {}).get("train") or {}).get("warmup_steps") or 0
+    return step is not None and float(step) <= float(warmup)
+
+
+class WarmupGate(TrialScheduler):
+    """Ray Tune's own scheduler (ASHA, Hyperband, the median rule) under attntune's warm-up rule:
+    a result reported while the trial's learning rate still warms up is not shown to it, so it
+    cannot stop the trial on a value that is not yet comparable. Ray's ASHA then settles the rungs
+    the trial passed at the first result it sees, as Optuna's successive halving and ``moasha``
+    do. Everything else goes to the inner scheduler unchanged. Module-level: Tune pickles it."""
+
+    def __init__(self, inner: TrialScheduler):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def metric(self) -> Any:
+        return self.inner.metric
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        return self.inner.supports_buffered_results
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return self.inner.set_search_properties(metric, mode, **spec)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.inner.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.inner.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if not result.get(FAILURE_KEY) and not result.get(FINAL_KEY) and warming_up(trial.config or {}, result):
+            return TrialScheduler.CONTINUE
+        return self.inner.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self.inner.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self.inner.on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        return self.inner.choose_trial_to_run(tune_controller)
+
+    def debug_string(self) -> str:
+        return self.inner.debug_string()
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path)
 
 
 class DriverDecides(FIFOScheduler):

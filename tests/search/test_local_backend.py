@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -140,9 +142,15 @@ def test_no_sample_breaks_divisibility_or_the_budget() -> None:
 def test_cli_pins_each_worker_to_one_device_and_shows_results(workdir: Path, mlflow_template: Path) -> None:
     store = fresh_store(mlflow_template, workdir)
     path = write_job(workdir, tiny_job("pin", concurrency=2, tracking=store, budget={"n_trials": 4, "max_epochs": 1}))
-    proc = attntune_cli("run", str(path), "--gpus", "0,1", "--no-report", cwd=workdir)
+    # The driver never builds a model, so it never imports torch (over a second of every run).
+    probe = "import atexit, sys; atexit.register(lambda: print('torch in driver:', 'torch' in sys.modules, file=sys.stderr)); "
+    proc = subprocess.run(
+        [sys.executable, "-c", probe + "from attntune.search.cli import main; main()", "run", str(path), "--gpus", "0,1", "--no-report"],
+        cwd=workdir, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "best: trial" in proc.stdout and "#/experiments/" in proc.stderr
+    assert "torch in driver: False" in proc.stderr, proc.stderr[-2000:]
     study = load_study(workdir / "attntune-runs" / "pin")
     seen = {t.user_attrs["cuda_visible_devices"] for t in study.trials}
     assert seen == {"0", "1"}, seen  # each trial saw one id, never "0,1"

@@ -133,6 +133,25 @@ def test_asha_prunes_bad_trials_early(tmp_path: Path, mlflow_template: Path) -> 
             )
 
 
+def test_ray_schedulers_never_judge_a_trial_still_warming_up(tmp_path: Path, mlflow_template: Path) -> None:
+    """Warm-up of 6 steps, 6 steps per epoch: Ray's ASHA (rungs at epochs 1 and 3) is shown no
+    result before epoch 2 (``WarmupGate``), so no trial stops at epoch 1; it settles rung 1 at epoch
+    2 and still stops the clearly worse trials."""
+    result, _ = _search(
+        tmp_path,
+        mlflow_template,
+        strategy="tpe",
+        scheduler="asha",
+        budget={"n_trials": 6, "max_epochs": 4, "min_epochs": 1},
+        space=WIDE_LR_SPACE,
+        train={"warmup_steps": 6},
+    )
+    t = result.table
+    pruned = t[t["state"] == "PRUNED"]
+    assert len(pruned) >= 1, t[["number", "state", "epochs", "value"]]
+    assert (pruned["epochs"] >= 2).all() and (pruned["epochs"] < 4).all()
+
+
 def test_failed_trials_are_recorded_and_the_search_goes_on(
     tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
