@@ -266,7 +266,7 @@ def curves_section(d: SearchData) -> Section:
                 legendgroup=t.state,
                 showlegend=t.state not in shown,
                 text=[t.run_name] * len(xs),
-                hovertemplate=f"trial {t.number} · %{{text}}<br>epoch %{{x}}: {metric} %{{y:.4g}}<extra>{t.state.lower()}</extra>",
+                hovertemplate=f"trial {t.number} · %{{text}}<br>{d.round_word} %{{x}}: {metric} %{{y:.4g}}<extra>{t.state.lower()}</extra>",
             )
         )
         shown.add(t.state)
@@ -276,14 +276,15 @@ def curves_section(d: SearchData) -> Section:
             annotation_text=f"rung {r}", annotation_position="top", annotation_font=dict(size=11, color="#5b6577"),
         )
     max_epoch = max([d.int_setting("max_epochs", 1), *(e for t in with_curve for e, _ in t.curve)])
-    fig.update_xaxes(title_text="epoch", dtick=1, range=[0.7, max_epoch + 0.3])
+    unit = d.round_word
+    fig.update_xaxes(title_text=unit + d.round_note(), dtick=1, range=[0.7, max_epoch + 0.3])
     fig.update_yaxes(title_text=metric_axis_title(metric, d.mode))
     sec.figure = _layout(fig)
     sched = d.setting("scheduler", "none")
     if sched == "none":
-        sec.caption = f"{metric} after every epoch. No scheduler: every trial trains to max_epochs"
+        sec.caption = f"{metric} after every {unit}. No scheduler: every trial trains its full budget"
     else:
-        sec.caption = f"{metric} after every epoch. Pruned trials end (×) at the epoch the {sched} scheduler stopped them"
+        sec.caption = f"{metric} after every {unit}. Pruned trials end (×) at the {unit} the {sched} scheduler stopped them"
     sec.caption += "; dotted lines mark the rungs where trials are compared." if rungs else "."
     return sec
 

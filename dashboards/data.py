@@ -114,6 +114,18 @@ class SearchData:
         except (KeyError, ValueError):
             return default
 
+    @property
+    def round_word(self) -> str:
+        """What one report counts: ``epoch``, or ``round`` when the budget was tokens or steps
+        (job.py Budget: a round of ``round_size`` tokens/steps stands in for an epoch)."""
+        return "round" if self.setting("budget_unit") in ("tokens", "steps") else "epoch"
+
+    def round_note(self) -> str:
+        """'' for an epoch budget, else e.g. ' (one round = 100,000 tokens)'."""
+        if self.round_word == "epoch":
+            return ""
+        return f" (one round = {self.int_setting('round_size'):,} {self.setting('budget_unit')})"
+
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATES}
         for t in self.trials:

@@ -285,6 +285,8 @@ def header_data(d: SearchData) -> dict[str, Any]:
         "n_trials_total": len(d.trials),
         "epochs_trained": sum(t.epochs_run for t in d.trials),
         "max_epochs": d.int_setting("max_epochs"),
+        "round_word": d.round_word,  # epochs, or rounds of a token/step budget
+        "round_note": d.round_note(),
         "wall_seconds": _clean(wall),
         "started": d.parent_start,
         "counts": counts,
@@ -346,7 +348,7 @@ def _header_html(d: SearchData, h: dict[str, Any]) -> str:
     started = datetime.fromtimestamp(h["started"] / 1000).strftime("%Y-%m-%d %H:%M") if h["started"] else "–"
     kpis = [
         ("Trials run", f'{h["trials_run"]} <small>/ {h["n_trials_budget"]}</small>', "trained trials against the budget's n_trials"),
-        ("Epochs trained", f'{h["epochs_trained"]}', f'at most {h["max_epochs"]} per trial'),
+        (f'{h["round_word"].capitalize()}s trained', f'{h["epochs_trained"]}', f'at most {h["max_epochs"]} per trial{h["round_note"]}'),
         ("Wall time", fmt_duration(h["wall_seconds"]), f"started {started}"),
     ]
     kpi_html = "".join(
@@ -443,7 +445,7 @@ def _ranked_html(d: SearchData, rows: list[dict[str, Any]]) -> str:
     names = list(rows[0]["params"])
     log_names = {p.name for p in d.space if p.log}
     spec = {p.name: p for p in d.space}
-    th = "".join(f"<th>{_e(n)}</th>" for n in ["#", "trial", d.metric, "epochs", "n_params"])
+    th = "".join(f"<th>{_e(n)}</th>" for n in ["#", "trial", d.metric, d.round_word + "s", "n_params"])
     th += "".join(_dotted_th(n) for n in names)
     th += "<th>tokens/s</th><th>export</th>"
     body = []

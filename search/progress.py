@@ -71,7 +71,7 @@ class Progress:
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAILED": "red"}.get(state, "white")
         value = f"{job.metric}={best:.4g}" if best is not None else (outcome.failure or "")
         self._print(
-            f"[{colour}]{state:<9}[/{colour}] t{number:03d} {value} ({outcome.epochs_run} ep, "
+            f"[{colour}]{state:<9}[/{colour}] t{number:03d} {value} ({outcome.epochs_run} {'ep' if job.budget.unit == 'epochs' else 'rd'}, "
             f"{outcome.seconds:.1f}s) | {self.status()}"
         )
 

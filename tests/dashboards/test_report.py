@@ -48,14 +48,17 @@ def parse_report(html: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return json.loads(m.group(1)), figs
 
 
-def run_tiny_search(root: Path, name: str, faults: str, **overrides: Any) -> Built:
+def run_tiny_search(root: Path, name: str, faults: str, exact_budget: dict[str, Any] | None = None, **overrides: Any) -> Built:
     """A real search (optuna backend, MLflow in SQLite under ``root``) whose run_search writes
     ``root/name/report.html``."""
     from attntune.search.run import run_search
 
     root.mkdir(parents=True, exist_ok=True)
     uri = sqlite_uri(root)
-    job = parse_job(tiny_job(name, **overrides), tracking_uri=uri, output=root / name)
+    raw = tiny_job(name, **overrides)
+    if exact_budget is not None:  # instead of merging into tiny_job's epoch budget
+        raw["budget"] = exact_budget
+    job = parse_job(raw, tracking_uri=uri, output=root / name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATTNTUNE_FAULTS", faults)
         result = run_search(job, quiet=True)
@@ -243,7 +246,8 @@ def edge(built: Built) -> dict[str, Built]:
     second database is created; each job is its own experiment)."""
     root = built.root
     failed = run_tiny_search(root, "rep-failed", "0:raise,1:raise", budget={"n_trials": 2, "max_epochs": 1})
-    single = run_tiny_search(root, "rep-single", "", budget={"n_trials": 1, "max_epochs": 2})
+    # a token budget: two rounds of 2,000 training tokens stand in for epochs
+    single = run_tiny_search(root, "rep-single", "", exact_budget={"n_trials": 1, "max_tokens": 4000, "min_tokens": 2000})
     return {"failed": failed, "single": single}
 
 
@@ -275,6 +279,11 @@ def test_a_single_trial_report(edge: dict[str, Built]) -> None:
     assert b.data["sections"]["cost"]["data"]["pareto_size"] == [0]
     assert [r["number"] for r in b.data["top"]] == [0]
     assert not b.figures["curves"]["layout"].get("shapes")  # scheduler none: no rungs
+    # a token budget counts rounds, and the report says so instead of "epochs"
+    assert b.data["header"]["max_epochs"] == 2 and b.data["header"]["round_word"] == "round"
+    assert "Rounds trained" in b.html and "one round = 2,000 tokens" in b.html
+    assert b.figures["curves"]["layout"]["xaxis"]["title"]["text"] == "round (one round = 2,000 tokens)"
+    assert "Epochs trained" in edge["failed"].html  # an epoch budget still says epochs
 
 
 # --------------------------------------------------------------------------- pure functions
