@@ -139,6 +139,7 @@ class TrialPlan:
     history: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     judged_through: int = 0  # the last epoch the driver's own scheduler judged (driver_verdict)
+    measure_latency: bool = False  # latency_ms is an objective or constraint: the worker times decoding
 
     def spec(
         self, threads: int | None, checkpoint_dir: Path | None, decide: tuple[int, int, int] | None = None
@@ -153,6 +154,7 @@ class TrialPlan:
             # Epochs the driver already holds: a retry resumed from a later checkpoint reports the
             # ones in between (checkpointed, but their report was lost with the failed attempt).
             "seen_epoch": max((int(h["epoch"]) for h in self.history), default=0),
+            "measure_latency": self.measure_latency,
         }
 
 
@@ -439,7 +441,8 @@ class SearchContext:
                 continue
             cfg = make_config(self.job.base, t.params)
             attempt = int(attrs.get("attempts", 1)) + 1
-            plan = TrialPlan(t.number, t._trial_id, dict(t.params), cfg, int(attrs.get("n_params", 0)), run_id, attempt)
+            plan = TrialPlan(t.number, t._trial_id, dict(t.params), cfg, int(attrs.get("n_params", 0)), run_id, attempt,
+                             measure_latency=self.measures_latency())  # fmt: skip
             if attrs.get(ATTR_STATE) is not None:  # killed while recording its end: the rerun decides
                 for k in (ATTR_STATE, "failure", "failure_kind", "stopped_epoch"):
                     if k in attrs:
@@ -625,7 +628,7 @@ class SearchContext:
         trial.set_user_attr("config", {k: v for k, v in _flat_config(cfg).items()})
         trial.set_user_attr("attempts", 1)
         trial.set_user_attr("start_time", time.time())
-        plan = TrialPlan(trial.number, trial._trial_id, values, cfg, count, run_id)
+        plan = TrialPlan(trial.number, trial._trial_id, values, cfg, count, run_id, measure_latency=self.measures_latency())
         self.running[plan.number] = plan
         self.n_launched += 1
         return plan

@@ -200,7 +200,6 @@ def run(ctx: SearchContext, options: dict[str, Any]) -> None:
         if progress:
             progress.trial_started(plan)
         spec = plan.spec(threads, ctx.checkpoint_dir(plan), ctx.decision_epochs(plan))
-        spec["measure_latency"] = ctx.measures_latency()
         w.conn.send(spec)
 
     try:

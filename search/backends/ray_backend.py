@@ -513,7 +513,6 @@ class _Driver:
         if task.get("path") and Path(task["path"]).exists():
             task["path"] = str(Path(task["path"]).resolve())
         spec["metric"] = self.ctx.job.metric
-        spec["measure_latency"] = self.ctx.measures_latency()
         spec["env"] = dict(self.env)
         return spec
 
