@@ -61,20 +61,17 @@ if str(REPO) not in sys.path:  # `python benchmarks/multiobjective.py` from anyw
     sys.path.insert(0, str(REPO))
 
 from attntune.search.pareto import hypervolume_2d, mo_asha_continues, pareto_mask  # noqa: E402
-from attntune.search.worker import wants_decision  # noqa: E402
 from benchmarks.replay import (  # noqa: E402
     COMPLETE,
-    CUT,
     PRUNED,
     CurveError,
     Curves,
+    StopRule,
     Trace,
-    TrialRecord,
-    decision_epochs,
     epoch_steps,
     load_curves,
     median,
-    report,
+    run_trials,
 )
 
 DATA_DIR = REPO / "benchmarks" / "data"
@@ -161,7 +158,7 @@ def mo_replay(
     import optuna
 
     from attntune.search.job import Budget
-    from attntune.search.schedulers import REDUCTION_FACTOR, SCHEDULERS
+    from attntune.search.schedulers import SCHEDULERS
     from attntune.search.strategies import STRATEGIES, SamplerContext
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,61 +173,45 @@ def mo_replay(
     study = optuna.create_study(sampler=sampler, directions=["minimize", "minimize"])
     moasha = SCHEDULERS.get("moasha")
     rungs = moasha.rungs(Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs)) if early_stop else []
-    per_epoch = epoch_steps(curves)[0] if warmup_gate else None
-    rung_points: dict[int, list[tuple[float, float]]] = {r: [] for r in rungs}
-    label = "mo-asha" if early_stop else "none"
-    trace = Trace(strategy, label, seed, budget_epochs, "min")
-    used = 0
-    while used < budget_epochs:
-        trial = study.ask()
-        values = curves.space.sample(trial)
-        curve = curves.curve(values)
-        size = sizes[curves.key(values)]
-        decide = decision_epochs(curves, values, min_epochs, moasha.judges) if early_stop else None
-        seen: list[float] = []
-        state = COMPLETE
-        judged_through = 0
-        for epoch, metrics in enumerate(curve, 1):
-            if used >= budget_epochs:
-                state = CUT
-                break
-            used += 1
-            value = metrics.get(METRIC, math.nan)
-            seen.append(value)
-            if not math.isfinite(value):
-                continue
-            # As the engine: the trial is judged where wants_decision holds (once its warmup has
-            # ended), settling every rung passed since its last judged report with its value now;
-            # a rung ranks the values its trials were settled with (values from warmup never count).
-            shown = report(metrics, epoch, per_epoch) if warmup_gate else None
-            if not wants_decision(decide, epoch, shown):
-                continue
-            due = [r for r in rungs if judged_through < r <= epoch]
-            judged_through = epoch
-            for rung in due:
-                points = rung_points[rung]
-                points.append((value, float(size)))
-                if not mo_asha_continues(points, len(points) - 1, REDUCTION_FACTOR):
-                    state = PRUNED
-                    break
-            if state == PRUNED:
-                break
-        finite = [v for v in seen if math.isfinite(v)]
-        best = min(finite) if finite else None
-        if state == COMPLETE and best is None:
-            state = CUT
-        if state == COMPLETE:
-            study.tell(trial, [best, float(size)])
-        elif state == PRUNED:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        trace.trials.append(
-            TrialRecord(
-                trial.number, dict(values), state, len(seen), best if state == COMPLETE else None, used
-            )
-        )
-    return trace
+    trace = Trace(strategy, "mo-asha" if early_stop else "none", seed, budget_epochs, "min")
+    return run_trials(
+        study, curves, trace, MoAsha(rungs, curves, sizes), budget_epochs=budget_epochs, metric=METRIC,
+        min_epochs=min_epochs, judges=early_stop and moasha.judges, warmup_gate=warmup_gate,
+    )  # fmt: skip
+
+
+class MoAsha(StopRule):
+    """attntune's MO-ASHA as ``SearchContext.driver_verdict`` applies it: a judged report settles
+    every rung passed since the trial's last judged one, with its value then; at each, the points
+    (settled value, n_params) of every trial settled there so far are ranked, and the trial goes on
+    if ``mo_asha_continues``. A completed trial tells (best val_loss, n_params)."""
+
+    def __init__(self, rungs: Sequence[int], curves: Curves, sizes: dict[Key, int]) -> None:
+        self.rung_points: dict[int, list[tuple[float, float]]] = {r: [] for r in rungs}
+        self.curves, self.sizes = curves, sizes
+        self.size, self.judged_through = 0.0, 0
+
+    def start(self, trial: Any, values: Any) -> None:
+        self.size = float(self.sizes[self.curves.key(values)])
+        self.judged_through = 0
+
+    def value(self, trial: Any, epoch: int, value: float) -> None:
+        """Nothing: a rung ranks settled values only (a value from warmup ranks no one)."""
+
+    def stop(self, trial: Any, epoch: int, value: float) -> bool:
+        from attntune.search.schedulers import REDUCTION_FACTOR
+
+        due = [r for r in self.rung_points if self.judged_through < r <= epoch]
+        self.judged_through = epoch
+        for rung in due:
+            points = self.rung_points[rung]
+            points.append((value, self.size))
+            if not mo_asha_continues(points, len(points) - 1, REDUCTION_FACTOR):
+                return True
+        return False
+
+    def told(self, values: Any, best: float) -> list[float]:
+        return [best, self.size]
 
 
 # ------------------------------------------------------------------------------- hypervolume

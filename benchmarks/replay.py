@@ -393,7 +393,6 @@ def replay(
         sampler = STRATEGIES.get(strategy).make_sampler(SamplerContext(curves.space, seed, n_ctx, 1))
     sched = SCHEDULERS.get(scheduler)
     pruner = sched.optuna_pruner(Budget(n_trials=n_ctx, max_epochs=full, min_epochs=min_epochs))
-    per_epoch = epoch_steps(curves)[0] if warmup_gate else None
     study = optuna.create_study(
         study_name=study_name,
         sampler=sampler,
@@ -401,15 +400,63 @@ def replay(
         direction="minimize" if mode == "min" else "maximize",
     )
     trace = Trace(strategy, scheduler, seed, budget_epochs, mode)
-    used = 0
     max_trials = n_trials if n_trials is not None else math.inf
     if strategy == "grid":
         max_trials = min(max_trials, curves.space.grid_size())
+    return run_trials(
+        study, curves, trace, StopRule(), budget_epochs=budget_epochs, metric=metric, min_epochs=min_epochs,
+        judges=sched.judges, warmup_gate=warmup_gate, max_trials=max_trials,
+    )  # fmt: skip
+
+
+class StopRule:
+    """The scheduler's side of a replayed trial (``run_trials``). This one is an Optuna pruner, as
+    ``SearchContext.on_report`` uses it: every finite value is reported to the trial, and where
+    the engine would ask, ``should_prune`` decides. Other rules (``benchmarks/multiobjective.py``'s
+    MO-ASHA) override what they need."""
+
+    def start(self, trial: Any, values: Mapping[str, Any]) -> None:
+        """A new trial begins."""
+
+    def value(self, trial: Any, epoch: int, value: float) -> None:
+        """Every finite value the trial reports."""
+        trial.report(value, epoch)
+
+    def stop(self, trial: Any, epoch: int, value: float) -> bool:
+        """Asked only where ``wants_decision`` holds (the engine's rule); True stops the trial."""
+        return bool(trial.should_prune())
+
+    def told(self, values: Mapping[str, Any], best: float) -> float | list[float]:
+        """What a completed trial tells the study."""
+        return best
+
+
+def run_trials(
+    study: Any,
+    curves: Curves,
+    trace: Trace,
+    rule: StopRule,
+    *,
+    budget_epochs: int,
+    metric: str,
+    min_epochs: int,
+    judges: bool,
+    warmup_gate: bool,
+    max_trials: float = math.inf,
+) -> Trace:
+    """Ask ``study`` for trials one at a time and "train" each by reading its curve, until
+    ``budget_epochs`` epochs (or ``max_trials`` trials) are spent; ``rule`` decides stops. A trial
+    cut by the end of the budget is told FAIL, a stopped one PRUNED."""
+    import optuna
+
+    per_epoch = epoch_steps(curves)[0] if warmup_gate else None
+    used = 0
     while used < budget_epochs and len(trace.trials) < max_trials:
         trial = study.ask()
         values = curves.space.sample(trial)
         curve = curves.curve(values)
-        decide = decision_epochs(curves, values, min_epochs, sched.judges)
+        decide = decision_epochs(curves, values, min_epochs, judges)
+        rule.start(trial, values)
         seen: list[float] = []
         state = COMPLETE
         for epoch, metrics in enumerate(curve, 1):
@@ -421,20 +468,20 @@ def replay(
             seen.append(value)
             if not math.isfinite(value):
                 continue
-            trial.report(value, epoch)
-            # As the engine (SearchContext.on_report): the pruner is asked only when wants_decision
-            # holds: min_epochs <= epoch < the last epoch, and the warmup has ended.
+            rule.value(trial, epoch, value)
+            # As the engine (SearchContext.on_report): the scheduler is asked only when
+            # wants_decision holds: min_epochs <= epoch < the last epoch, and the warmup has ended.
             shown = report(metrics, epoch, per_epoch) if warmup_gate else None
-            if wants_decision(decide, epoch, shown) and trial.should_prune():
+            if wants_decision(decide, epoch, shown) and rule.stop(trial, epoch, value):
                 state = PRUNED
                 break
         finite = [v for v in seen if math.isfinite(v)]
-        best = (min(finite) if mode == "min" else max(finite)) if finite else None
+        best = (min(finite) if trace.mode == "min" else max(finite)) if finite else None
         if state == COMPLETE and best is None:
             state = CUT  # nothing to report; never happens with a complete table
         try:
             if state == COMPLETE:
-                study.tell(trial, best)
+                study.tell(trial, rule.told(values, best))
             elif state == PRUNED:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
