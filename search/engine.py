@@ -858,13 +858,13 @@ class SearchContext:
         if failure:
             tags["failure_reason"] = failure
             tags["failure_kind"] = failure_kind
-        self.tracker.set_tags(plan.run_id, tags)
         if "feasible" in extra:
             tags["feasible"] = str(extra["feasible"]).lower()
             if not extra["feasible"]:
                 tags["infeasible_reason"] = "; ".join(
                     str(c) for c, x in zip(measured, extra["constraint_violations"], strict=True) if x > 0
                 )
+        self.tracker.set_tags(plan.run_id, tags)
         if best is not None:
             final = {f"best_{self.job.metric}": best}
             if "latency_ms" in extra:

@@ -168,7 +168,8 @@ def trial_of(client: Any, run: Any, metric: str, mode: str) -> Trial | None:
 
 
 def pick_trial(trials: list[Trial], mode: str, number: int | None, metric: str, search_id: str) -> Trial:
-    """Trial ``number``, or the best COMPLETE trial (NaN/inf never win; ties go to the lower number)."""
+    """Trial ``number``, or the best COMPLETE, feasible trial (NaN/inf never win; ties go to the
+    lower number)."""
     if number is not None:
         match = [t for t in trials if t.number == number]
         if not match:
@@ -188,6 +189,14 @@ def pick_trial(trials: list[Trial], mode: str, number: int | None, metric: str, 
         raise ExportError(
             f"search run {search_id}: no COMPLETE trial with a finite {metric}; pick one with --trial N"
         )
+    # A trial that missed a measured constraint (tag feasible=false) is never the best.
+    feasible = [t for t in done if t.feasible]
+    if not feasible:
+        raise ExportError(
+            f"search run {search_id}: no COMPLETE trial meets the job's constraints (all {len(done)} are "
+            "feasible=false); pick one with --trial N"
+        )
+    done = feasible
     sign = 1.0 if mode == "min" else -1.0
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
 

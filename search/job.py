@@ -458,13 +458,6 @@ def parse_job(
             f"scheduler {scheduler!r} with strategy {strategy!r}: {scheduler} ranks several objectives; "
             f"this job has one ({metric}): use asha"
         )
-    measured = sorted({x.name for x in (*objectives, *constraints) if x.kind == "measured"})
-    if measured and backend_name == "ray" and scheduler in ("asha", "hyperband"):
-        problems.append(
-            f"scheduler {scheduler!r} on the ray backend: {', '.join(measured)} is measured after a trial's last "
-            f"epoch, and Ray's {scheduler} stops trials at max_epochs before it arrives; use scheduler median, "
-            "moasha or none, or the optuna backend"
-        )
     if sched is not None and sched.bandit and raw.budget.max_epochs < raw.budget.min_epochs * 3:
         problems.append(
             f"scheduler {scheduler!r} with strategy {strategy!r}: budget.max_epochs "

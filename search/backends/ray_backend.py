@@ -318,7 +318,7 @@ def _ray_scheduler(key: str, job: Any) -> Any:
     if sched.driver_side:
         return DriverDecides(key)
     inner = sched.ray_scheduler(job.budget, job.metric, job.mode)
-    return WarmupGate(inner) if sched.judges else inner
+    return WarmupGate(inner, job.budget.max_epochs) if sched.judges else inner
 
 
 def warming_up(config: dict[str, Any], result: dict[str, Any]) -> bool:
@@ -334,11 +334,15 @@ class WarmupGate(TrialScheduler):
     a result reported while the trial's learning rate still warms up is not shown to it, so it
     cannot stop the trial on a value that is not yet comparable. Ray's ASHA then settles the rungs
     the trial passed at the first result it sees, as Optuna's successive halving and ``moasha``
-    do. Everything else goes to the inner scheduler unchanged. Module-level: Tune pickles it."""
+    do. A STOP on a trial's last epoch (Ray's ASHA and Hyperband stop every trial at ``max_t``)
+    becomes CONTINUE: the trial ends by itself, and only so does a measured ``latency_ms``, sent
+    as one more result after training, still arrive. Everything else goes to the inner scheduler
+    unchanged. Module-level: Tune pickles it."""
 
-    def __init__(self, inner: TrialScheduler):
+    def __init__(self, inner: TrialScheduler, max_epochs: int):
         super().__init__()
         self.inner = inner
+        self.max_epochs = max_epochs
 
     @property
     def metric(self) -> Any:
@@ -358,9 +362,14 @@ class WarmupGate(TrialScheduler):
         self.inner.on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if not result.get(FAILURE_KEY) and not result.get(FINAL_KEY) and warming_up(trial.config or {}, result):
+        if result.get(FINAL_KEY):
+            return TrialScheduler.CONTINUE  # after the last epoch: nothing left to judge
+        if not result.get(FAILURE_KEY) and warming_up(trial.config or {}, result):
             return TrialScheduler.CONTINUE
-        return self.inner.on_trial_result(tune_controller, trial, result)
+        action = self.inner.on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and int(result.get("epoch") or 0) >= self.max_epochs:
+            return TrialScheduler.CONTINUE
+        return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self.inner.on_trial_complete(tune_controller, trial, result)

@@ -13,7 +13,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from attntune.model.config import ConfigError
-from attntune.search.export import PickRule, Trial, export_config, pick_from_front
+from attntune.search.export import (
+    ExportError,
+    PickRule,
+    Trial,
+    export_config,
+    pareto_front,
+    pick_from_front,
+    pick_trial,
+)
 from attntune.search.job import load_job, parse_job
 from attntune.search.pareto import dominates
 from attntune.search.run import SearchResult, run_search
@@ -152,6 +160,39 @@ def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
         pick_from_front(FRONT, OBJ, PickRule(max_latency_ms=0.5), "s")
 
 
+def test_a_trial_that_missed_a_measured_constraint_is_never_picked() -> None:
+    import dataclasses
+
+    best_but_slow = dataclasses.replace(FRONT[4], feasible=False)
+    trials = [*FRONT[:4], best_but_slow]
+    assert pick_trial(trials, "min", None, "val_loss", "s").number == 3  # not 4, the lowest loss
+    assert 4 not in [t.number for t in pareto_front(trials, OBJ)]
+    assert pick_trial(trials, "min", 4, "val_loss", "s").number == 4  # --trial N still exports it
+    with pytest.raises(ExportError, match=r"no COMPLETE trial meets the job's constraints \(all 1 are feasible=false\)"):
+        pick_trial([best_but_slow], "min", None, "val_loss", "s")
+
+
+def test_measured_constraint_nobody_meets_tags_every_run_infeasible(tmp_path: Path, mlflow_template: Path) -> None:
+    """One objective and a latency cap no model can meet: every trial completes, is tagged
+    feasible=false with the constraint it missed, is never the best, and export refuses."""
+    store = fresh_store(mlflow_template, tmp_path)
+    raw = tiny_job("slow", constraints=["latency_ms <= 0.000001"], tracking=store, output=str(tmp_path / "out"),
+                   budget={"n_trials": 2, "max_epochs": 1})  # fmt: skip
+    result = run_search(load_job(write_job(tmp_path, raw)), quiet=True, report=False)
+    t = result.table
+    assert (t["state"] == "COMPLETE").all() and result.best is None
+    runs = MlflowClient(store).search_runs([result.experiment_id], max_results=50)
+    children = [r for r in runs if r.data.tags.get("attntune.kind") == "trial"]
+    assert len(children) == 2
+    for r in children:
+        assert r.data.tags["feasible"] == "false"
+        assert r.data.tags["infeasible_reason"] == "latency_ms <= 1e-06"
+        assert r.data.metrics["latency_ms"] > 0
+    with pytest.raises(ConfigError, match="no COMPLETE trial meets the job's constraints"):
+        export_config("slow", tracking_uri=store, output=tmp_path / "best.yaml")
+    assert not (tmp_path / "best.yaml").exists()
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
@@ -163,10 +204,6 @@ def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
         ({"objectives": {"size": "min", "val_loss": "min"}}, "objectives.size: unknown objective"),
         ({"constraints": ["n_params < 5"]}, "constraints[0]: 'n_params < 5' is not 'NAME <= NUMBER'"),
         ({"metric": "val_loss"}, "metric/mode: a job with objectives takes its metric from them"),
-        (
-            {"objectives": {"val_loss": "min"}, "constraints": ["latency_ms <= 5"], "strategy": "tpe", "scheduler": "asha", "backend": "ray"},
-            "latency_ms is measured after a trial's last epoch",
-        ),
     ],
 )
 def test_bad_multi_objective_jobs_name_the_rule(changes: dict[str, Any], needle: str) -> None:

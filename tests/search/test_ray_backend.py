@@ -136,8 +136,9 @@ def test_asha_prunes_bad_trials_early(tmp_path: Path, mlflow_template: Path) -> 
 def test_ray_schedulers_never_judge_a_trial_still_warming_up(tmp_path: Path, mlflow_template: Path) -> None:
     """Warm-up of 6 steps, 6 steps per epoch: Ray's ASHA (rungs at epochs 1 and 3) is shown no
     result before epoch 2 (``WarmupGate``), so no trial stops at epoch 1; it settles rung 1 at epoch
-    2 and still stops the clearly worse trials."""
-    result, _ = _search(
+    2 and still stops the clearly worse trials. A measured constraint (latency_ms, sent after the
+    last epoch) still reaches every completed trial, although ASHA stops trials at max_epochs."""
+    result, store = _search(
         tmp_path,
         mlflow_template,
         strategy="tpe",
@@ -145,11 +146,17 @@ def test_ray_schedulers_never_judge_a_trial_still_warming_up(tmp_path: Path, mlf
         budget={"n_trials": 6, "max_epochs": 4, "min_epochs": 1},
         space=WIDE_LR_SPACE,
         train={"warmup_steps": 6},
+        constraints=["latency_ms <= 100000"],
     )
     t = result.table
     pruned = t[t["state"] == "PRUNED"]
     assert len(pruned) >= 1, t[["number", "state", "epochs", "value"]]
     assert (pruned["epochs"] >= 2).all() and (pruned["epochs"] < 4).all()
+    done = t[t["state"] == "COMPLETE"]
+    assert len(done) >= 1 and (done["epochs"] == 4).all()
+    assert done["latency_ms"].notna().all() and (done["latency_ms"] > 0).all()
+    runs = {r.info.run_id: r for r in _children(store, result.experiment_id)}
+    assert all(runs[rid].data.tags.get("feasible") == "true" for rid in done["run_id"])
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(
