@@ -88,7 +88,15 @@ def _print_best(result: Any) -> None:
         + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"))
     )
     if result.best is None:
-        console.print("no trial completed; nothing to export")
+        done = t[t["state"] == "COMPLETE"] if len(t) else t
+        if len(done) and "feasible" in done and not done["feasible"].map(lambda f: str(f) != "False").any():
+            console.print(
+                f"{len(done)} trials completed, but none meets the constraints "
+                f"({'; '.join(str(c) for c in job.constraints if c.kind != 'static')}); nothing to export "
+                f"(`attntune export --experiment {job.tracking.experiment or job.name} --trial N` still exports one)"
+            )
+        else:
+            console.print("no trial completed; nothing to export")
         return
     if job.multi_objective and "pareto" in t:
         front = t[t["pareto"].astype(bool)]

@@ -174,6 +174,8 @@ class SearchContext:
         self.data_fingerprint: str | None = None
         self.started = time.time()
         self.running: dict[int, TrialPlan] = {}
+        # Completed trials that missed a measured constraint: number -> the constraints missed.
+        self.missed_constraints: dict[int, str] = {}
         self.pending_reruns: list[TrialPlan] = []
         self.n_launched = 0
         # Budget bookkeeping read from the study once, not on every event (each read is a query
@@ -864,6 +866,7 @@ class SearchContext:
                 tags["infeasible_reason"] = "; ".join(
                     str(c) for c, x in zip(measured, extra["constraint_violations"], strict=True) if x > 0
                 )
+                self.missed_constraints[number] = tags["infeasible_reason"]
         self.tracker.set_tags(plan.run_id, tags)
         if best is not None:
             final = {f"best_{self.job.metric}": best}

@@ -65,11 +65,14 @@ class Progress:
         self.counts[state] = self.counts.get(state, 0) + 1
         job = self.ctx.job
         best, last = trial_value(outcome.history, job.metric, job.mode)
-        if state == "COMPLETE" and best is not None and math.isfinite(best):
+        missed = self.ctx.missed_constraints.get(number)  # a measured constraint: never the best
+        if state == "COMPLETE" and best is not None and math.isfinite(best) and missed is None:
             if self.best is None or (best < self.best[0] if job.mode == "min" else best > self.best[0]):
                 self.best = (best, number)
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAILED": "red"}.get(state, "white")
         value = f"{job.metric}={best:.4g}" if best is not None else (outcome.failure or "")
+        if missed is not None:
+            value += f" [red]infeasible: misses {missed}[/red]"
         self._print(
             f"[{colour}]{state:<9}[/{colour}] t{number:03d} {value} ({outcome.epochs_run} {'ep' if job.budget.unit == 'epochs' else 'rd'}, "
             f"{outcome.seconds:.1f}s) | {self.status()}"
