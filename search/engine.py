@@ -114,6 +114,22 @@ def open_storage(url: str) -> Any:
     return storage
 
 
+def release_storage(storage: Any) -> None:
+    """Fold a local SQLite study's write-ahead log into ``study.db`` and close its connections.
+
+    In WAL mode most of a search lives in ``study.db-wal`` until a checkpoint, and SQLite only
+    checkpoints when the last connection closes, which a CLI ending with ``os._exit`` never does:
+    without this, a ``study.db`` copied alone would miss most of the search."""
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    engine = getattr(backend, "engine", None)
+    if engine is None or not str(engine.url).startswith("sqlite"):
+        return
+    with contextlib.suppress(Exception):  # best effort: a busy database is checkpointed next time
+        with engine.connect() as con:
+            con.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+
+
 def trial_value(history: list[dict[str, float]], metric: str, mode: str) -> tuple[float | None, float | None]:
     """(best, last) of ``metric`` over a trial's epochs; NaN/inf never count as best."""
     vals = [h[metric] for h in history if metric in h]
@@ -1005,7 +1021,10 @@ class SearchContext:
         self.tracker.log_artifact(self.parent_run_id, out)
 
     def close(self) -> list[str]:
-        return self.tracker.close() if self.tracker else []
+        """Flush MLflow (returns its write warnings) and release the study's storage."""
+        warnings = self.tracker.close() if self.tracker else []
+        release_storage(getattr(self.study, "_storage", None))
+        return warnings
 
 
 def _pid_alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,14 @@ def test_cli_pins_each_worker_to_one_device_and_shows_results(workdir: Path, mlf
     assert proc.returncode == 0, proc.stderr
     assert "best: trial" in proc.stdout and "#/experiments/" in proc.stderr
     assert "torch in driver: False" in proc.stderr, proc.stderr[-2000:]
-    study = load_study(workdir / "attntune-runs" / "pin")
+    # The CLI ends with os._exit, yet study.db alone holds the whole search (its WAL was folded in).
+    out = workdir / "attntune-runs" / "pin"
+    assert not (out / "study.db-wal").exists() or (out / "study.db-wal").stat().st_size == 0
+    alone = workdir / "copy"
+    alone.mkdir()
+    shutil.copy(out / "study.db", alone / "study.db")
+    assert len(load_study(alone).trials) == 4
+    study = load_study(out)
     seen = {t.user_attrs["cuda_visible_devices"] for t in study.trials}
     assert seen == {"0", "1"}, seen  # each trial saw one id, never "0,1"
 
