@@ -221,10 +221,12 @@ class PickRule:
 
 
 def objective_vector(t: Trial, objectives: list[tuple[str, str]]) -> list[float] | None:
-    """A trial's objective values as logged on its run (``best_<metric>`` for reported metrics)."""
+    """A trial's objective values as logged on its run: ``best_<metric>`` for a reported metric
+    (its run's plain ``<metric>`` is the last epoch's value, not the one the search scored), the
+    plain name for static and measured ones (``n_params``, ``flops``, ``latency_ms``)."""
     out = []
     for name, _mode in objectives:
-        v = _finite(t.metrics.get(name, t.metrics.get(f"best_{name}")))
+        v = _finite(t.metrics.get(f"best_{name}", t.metrics.get(name)))
         if v is None and name == "n_params":
             v = _finite(t.params.get("n_params"))
         if v is None:

@@ -160,6 +160,20 @@ def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
         pick_from_front(FRONT, OBJ, PickRule(max_latency_ms=0.5), "s")
 
 
+def test_the_front_scores_a_trial_by_its_best_epoch_not_its_last() -> None:
+    """As the search does: a run logs the last epoch's val_bleu and best_val_bleu; export must
+    read the best, or a trial whose BLEU fell at the end looks worse than it was scored."""
+    def run(number: int, best: float, last: float, params: int) -> Trial:
+        metrics = {"val_bleu": last, "best_val_bleu": best, "n_params": float(params)}
+        return Trial(f"r{number}", number, "COMPLETE", best, {"n_params": str(params)}, metrics=metrics)
+
+    obj = [("val_bleu", "max"), ("n_params", "min")]
+    big_good, small_fell, big_poor = run(0, 1.4, 0.3, 3392), run(1, 0.23, 0.23, 3008), run(2, 0.49, 0.41, 8192)
+    front = pareto_front([big_good, small_fell, big_poor], obj)
+    assert [t.number for t in front] == [0, 1]  # trial 2 is dominated by trial 0's best, 1.4
+    assert pick_from_front(front, obj, PickRule(max_params=20_000), "s").number == 0
+
+
 def test_a_trial_that_missed_a_measured_constraint_is_never_picked() -> None:
     import dataclasses
 
