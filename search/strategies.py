@@ -39,6 +39,34 @@ class Strategy:
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
+
+def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext], Any]:
+    """Build the sampler without Optuna's notices (multivariate/grouped TPE and GP are
+    "experimental"): the choice is attntune's, and a user's terminal should not carry them on
+    every run."""
+    import functools
+
+    @functools.wraps(factory)
+    def make(ctx: SamplerContext) -> Any:
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return factory(ctx)
+
+    return make
+
+
+def _no_independent_warning() -> dict[str, bool]:
+    """``warn_independent_sampling=False`` where Optuna has it: 4.9 deprecated it (a FutureWarning
+    on every run) along with the warning it silenced."""
+    import optuna
+
+    major, minor = (int(x) for x in optuna.__version__.split(".")[:2])
+    return {} if (major, minor) >= (4, 9) else {"warn_independent_sampling": False}
+
 # Presets expand into a (strategy, scheduler) pair.
 PRESETS: dict[str, tuple[str, str]] = {"bohb": ("tpe", "hyperband")}
 
@@ -48,18 +76,21 @@ def _startup(ctx: SamplerContext) -> int:
     return max(2, min(10, ctx.n_trials // 4))
 
 
+@_quiet
 def _random(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.RandomSampler(seed=ctx.seed)
 
 
+@_quiet
 def _grid(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.GridSampler(ctx.space.grid(), seed=ctx.seed)
 
 
+@_quiet
 def _tpe(ctx: SamplerContext) -> Any:
     import optuna
 
@@ -69,30 +100,33 @@ def _tpe(ctx: SamplerContext) -> Any:
         multivariate=True,
         group=True,
         constant_liar=ctx.concurrency > 1,
-        warn_independent_sampling=False,
+        **_no_independent_warning(),
         constraints_func=ctx.constraints_func,
     )
 
 
+@_quiet
 def _gp(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.GPSampler(
-        seed=ctx.seed, n_startup_trials=_startup(ctx), warn_independent_sampling=False
+        seed=ctx.seed, n_startup_trials=_startup(ctx), **_no_independent_warning()
     )
 
 
+@_quiet
 def _cmaes(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.CmaEsSampler(
         seed=ctx.seed,
         n_startup_trials=_startup(ctx),
-        warn_independent_sampling=False,
+        **_no_independent_warning(),
         consider_pruned_trials=True,
     )
 
 
+@_quiet
 def _nsga2(ctx: SamplerContext) -> Any:
     import optuna
 
