@@ -105,15 +105,14 @@ def test_search_completes_with_the_same_records_as_the_optuna_backend(
     assert set(ray_child.data.tags) - backend_only == set(local_child.data.tags) - backend_only
 
 
+def _asha_search(tmp_path: Path, template: Path, max_epochs: int, **extra) -> tuple[SearchResult, str]:
+    """Six TPE trials under Ray's ASHA over a wide learning-rate range (some clearly worse)."""
+    budget = {"n_trials": 6, "max_epochs": max_epochs, "min_epochs": 1}
+    return _search(tmp_path, template, strategy="tpe", scheduler="asha", budget=budget, space=WIDE_LR_SPACE, **extra)
+
+
 def test_asha_prunes_bad_trials_early(tmp_path: Path, mlflow_template: Path) -> None:
-    result, store = _search(
-        tmp_path,
-        mlflow_template,
-        strategy="tpe",
-        scheduler="asha",
-        budget={"n_trials": 6, "max_epochs": 3, "min_epochs": 1},
-        space=WIDE_LR_SPACE,
-    )
+    result, store = _asha_search(tmp_path, mlflow_template, 3)
     t = result.table
     assert len(t) == 6 and set(t["state"]) <= {"COMPLETE", "PRUNED"}
     pruned = t[t["state"] == "PRUNED"]
@@ -138,15 +137,8 @@ def test_ray_schedulers_never_judge_a_trial_still_warming_up(tmp_path: Path, mlf
     result before epoch 2 (``WarmupGate``), so no trial stops at epoch 1; it settles rung 1 at epoch
     2 and still stops the clearly worse trials. A measured constraint (latency_ms, sent after the
     last epoch) still reaches every completed trial, although ASHA stops trials at max_epochs."""
-    result, store = _search(
-        tmp_path,
-        mlflow_template,
-        strategy="tpe",
-        scheduler="asha",
-        budget={"n_trials": 6, "max_epochs": 4, "min_epochs": 1},
-        space=WIDE_LR_SPACE,
-        train={"warmup_steps": 6},
-        constraints=["latency_ms <= 100000"],
+    result, store = _asha_search(
+        tmp_path, mlflow_template, 4, train={"warmup_steps": 6}, constraints=["latency_ms <= 100000"]
     )
     t = result.table
     pruned = t[t["state"] == "PRUNED"]
