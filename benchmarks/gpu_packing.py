@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
-PAD = 0
 
 
 def load_attntune_model() -> types.ModuleType:
@@ -74,8 +73,10 @@ def load_attntune_model() -> types.ModuleType:
 
 
 MEMORY = load_attntune_model()
+from reference_model import PAD, Reference  # noqa: E402 - benchmarks/, beside this script
+
 from attntune.model.config import ModelConfig, TrainConfig  # noqa: E402
-from attntune.model.transformer import Transformer, n_params, sinusoidal_positions  # noqa: E402
+from attntune.model.transformer import Transformer, n_params  # noqa: E402
 
 # --------------------------------------------------------------------------- trials
 
@@ -225,40 +226,6 @@ def forward_args(args: argparse.Namespace) -> list[str]:
 # --------------------------------------------------------------------------- model efficiency
 
 
-class Reference(nn.Module):
-    """torch.nn.Transformer with attntune's embeddings (scaled, sinusoidal) and tied output projection."""
-
-    def __init__(self, cfg: ModelConfig, vocab: int):
-        super().__init__()
-        d = cfg.d_model
-        self.src_embed = nn.Embedding(vocab, d)
-        self.tgt_embed = nn.Embedding(vocab, d)
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, d), persistent=False)
-        self.scale = math.sqrt(d)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.core = nn.Transformer(
-            d_model=d,
-            nhead=cfg.n_heads,
-            num_encoder_layers=cfg.n_encoder_layers,
-            num_decoder_layers=cfg.n_decoder_layers,
-            dim_feedforward=cfg.d_ff,
-            dropout=cfg.dropout,
-            batch_first=True,
-            norm_first=cfg.norm_first,
-        )
-        self.generator = nn.Linear(d, vocab, bias=False)
-        self.generator.weight = self.tgt_embed.weight
-
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        s, t = src.shape[1], tgt_in.shape[1]
-        x = self.dropout(self.src_embed(src) * self.scale + self.positions[:s])
-        y = self.dropout(self.tgt_embed(tgt_in) * self.scale + self.positions[:t])
-        src_pad = src.eq(PAD)
-        causal = nn.Transformer.generate_square_subsequent_mask(t, device=src.device)
-        out = self.core(x, y, tgt_mask=causal, src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad, tgt_is_causal=True)
-        return self.generator(out)
-
-
 def step_flops(cfg: ModelConfig, batch: int, s: int, t: int, vocab: int) -> float:
     """Training FLOPs of one step (forward + backward = 3 x forward), matmuls only: projections,
     attention scores and values (the causal self-attention counted at half), the output layer."""
@@ -322,7 +289,7 @@ def model_efficiency(args: argparse.Namespace) -> dict[str, Any]:
         amp = torch.autocast("cuda", dtype=torch.bfloat16)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message="enable_nested_tensor is True")  # nn.Transformer with norm_first
-    models = {"attntune": Transformer(cfg, vocab, vocab, pad_id=PAD).to(device), "nn.Transformer": Reference(cfg, vocab).to(device)}
+    models = {"attntune": Transformer(cfg, vocab, vocab, pad_id=PAD).to(device), "nn.Transformer": Reference(cfg, vocab, vocab, tgt_padding_mask=False).to(device)}
     batches = synthetic_batches(4, batch, length, vocab, seed=1)
     tokens = [int(b[2].ne(PAD).sum()) for b in batches]
     secs: dict[str, list[float]] = {k: [] for k in models}

@@ -15,61 +15,17 @@ ratio attntune / reference (target: >= 1.0).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from reference_model import PAD, Reference  # benchmarks/, beside this script
 from torch import Tensor, nn
 
 from attntune.model.config import ModelConfig
-from attntune.model.transformer import Transformer, sinusoidal_positions
-
-PAD = 0
-
-
-class Reference(nn.Module):
-    """torch.nn.Transformer wrapped with the same embeddings and output projection as attntune's."""
-
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
-        super().__init__()
-        d = cfg.d_model
-        self.src_embed = nn.Embedding(src_vocab, d)
-        self.tgt_embed = nn.Embedding(tgt_vocab, d)
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, d), persistent=False)
-        self.scale = math.sqrt(d)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.core = nn.Transformer(
-            d_model=d,
-            nhead=cfg.n_heads,
-            num_encoder_layers=cfg.n_encoder_layers,
-            num_decoder_layers=cfg.n_decoder_layers,
-            dim_feedforward=cfg.d_ff,
-            dropout=cfg.dropout,
-            batch_first=True,
-            norm_first=cfg.norm_first,
-        )
-        self.generator = nn.Linear(d, tgt_vocab, bias=False)
-        self.generator.weight = self.tgt_embed.weight
-
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        s, t = src.shape[1], tgt_in.shape[1]
-        x = self.dropout(self.src_embed(src) * self.scale + self.positions[:s])
-        y = self.dropout(self.tgt_embed(tgt_in) * self.scale + self.positions[:t])
-        src_pad = src.eq(PAD)
-        causal = nn.Transformer.generate_square_subsequent_mask(t, device=src.device)
-        out = self.core(
-            x,
-            y,
-            tgt_mask=causal,
-            src_key_padding_mask=src_pad,
-            tgt_key_padding_mask=tgt_in.eq(PAD),
-            memory_key_padding_mask=src_pad,
-            tgt_is_causal=True,
-        )
-        return self.generator(out)
+from attntune.model.transformer import Transformer
 
 
 def make_batches(n: int, batch: int, length: int, vocab: int, seed: int) -> list[tuple[Tensor, Tensor, Tensor]]:
