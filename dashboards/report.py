@@ -63,7 +63,11 @@ def resolve_search(
     except ConfigError:
         folder = None
     if folder is not None:
-        attrs = load_study(folder).user_attrs
+        from attntune.search.engine import release_storage
+
+        study = load_study(folder)
+        attrs = study.user_attrs
+        release_storage(study._storage)  # read once; leave no -wal/-shm files behind
         uri = tracking_uri or _locate_store(attrs.get("tracking_uri"), folder) or TrackingConfig().resolved_uri()
         own = attrs.get("mlflow_parent_run_id")
         run_id = search_run or own

@@ -166,8 +166,12 @@ def resume(
     from attntune.search.run import run_search
 
     folder = find_output(name_or_folder)
+    from attntune.search.engine import release_storage
+
     study = load_study(folder)
-    text = study.user_attrs.get("job_yaml")
+    attrs = study.user_attrs
+    release_storage(study._storage)  # the search opens its own; this read leaves no -wal/-shm behind
+    text = attrs.get("job_yaml")
     if text is None:
         raise UsageError(f"{folder}: the study does not hold its job file")
     data = parse_yaml_text(text, f"{folder}/study.db")
@@ -175,8 +179,8 @@ def resume(
         data,
         text=text,
         source=f"{folder}/study.db",
-        backend=study.user_attrs.get("backend"),
-        tracking_uri=tracking_uri or study.user_attrs.get("tracking_uri"),
+        backend=attrs.get("backend"),
+        tracking_uri=tracking_uri or attrs.get("tracking_uri"),
         output=folder,
     )
     result = run_search(job, resume=True, address=address, quiet=quiet)
@@ -198,15 +202,20 @@ def results(
     from attntune.search.results import find_output, load_study, results_table
 
     folder = find_output(name_or_folder)
+    from attntune.search.engine import release_storage
+
     study = load_study(folder)
     t = results_table(study)
+    trial_params = {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
+    mode = study.user_attrs.get("mode", "min")
+    release_storage(study._storage)  # read once; leave no -wal/-shm files behind
     sort = sort or "value"
     if sort not in t.columns:
         raise UsageError(f"--sort: no column {sort!r} (columns: {', '.join(t.columns)})")
-    ascending = not descending if sort != "value" else (study.user_attrs.get("mode", "min") == "min") != descending
+    ascending = not descending if sort != "value" else (mode == "min") != descending
     t = t.sort_values(sort, ascending=ascending, na_position="last")
     default_cols = ["number", "state", "value", "epochs", "seconds", "n_params"] + [
-        c for c in t.columns if c in {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
+        c for c in t.columns if c in trial_params
     ]
     cols = [c.strip() for c in columns.split(",")] if columns else default_cols
     missing = [c for c in cols if c not in t.columns]

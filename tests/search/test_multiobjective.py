@@ -186,16 +186,28 @@ def test_a_trial_that_missed_a_measured_constraint_is_never_picked() -> None:
         pick_trial([best_but_slow], "min", None, "val_loss", "s")
 
 
-def test_measured_constraint_nobody_meets_tags_every_run_infeasible(tmp_path: Path, mlflow_template: Path) -> None:
+def test_measured_constraint_nobody_meets_tags_every_run_infeasible(
+    tmp_path: Path, mlflow_template: Path, capsys: pytest.CaptureFixture
+) -> None:
     """One objective and a latency cap no model can meet: every trial completes, is tagged
-    feasible=false with the constraint it missed, is never the best, and export refuses."""
+    feasible=false with the constraint it missed, is never the best, `attntune run` says why there
+    is nothing to export, and export refuses."""
+    import pandas as pd
+
+    from attntune.search.cli import main
+
     store = fresh_store(mlflow_template, tmp_path)
     raw = tiny_job("slow", constraints=["latency_ms <= 0.000001"], tracking=store, output=str(tmp_path / "out"),
                    budget={"n_trials": 2, "max_epochs": 1})  # fmt: skip
-    result = run_search(load_job(write_job(tmp_path, raw)), quiet=True, report=False)
-    t = result.table
-    assert (t["state"] == "COMPLETE").all() and result.best is None
-    runs = MlflowClient(store).search_runs([result.experiment_id], max_results=50)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(write_job(tmp_path, raw)), "--no-report", "-q"])
+    assert e.value.code in (0, None)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "2 trials completed, but none meets the constraints (latency_ms <= 1e-06); nothing to export" in said
+    t = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert (t["state"] == "COMPLETE").all() and len(t) == 2
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("slow").experiment_id], max_results=50)
     children = [r for r in runs if r.data.tags.get("attntune.kind") == "trial"]
     assert len(children) == 2
     for r in children:
