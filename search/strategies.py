@@ -42,8 +42,8 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext], Any]:
     """Build the sampler without Optuna's notices (multivariate/grouped TPE and GP are
-    "experimental"): the choice is attntune's, and a user's terminal should not carry them on
-    every run."""
+    "experimental"; ``warn_independent_sampling`` is deprecated): the choices are attntune's, and a
+    user's terminal should not carry them on every run."""
     import functools
 
     @functools.wraps(factory)
@@ -54,18 +54,13 @@ def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Optuna 4.9 deprecated the flag, but without it CMA-ES and GP still log a line per
+            # parameter they sample independently.
+            warnings.filterwarnings("ignore", message=".*warn_independent_sampling.*", category=FutureWarning)
             return factory(ctx)
 
     return make
 
-
-def _no_independent_warning() -> dict[str, bool]:
-    """``warn_independent_sampling=False`` where Optuna has it: 4.9 deprecated it (a FutureWarning
-    on every run) along with the warning it silenced."""
-    import optuna
-
-    major, minor = (int(x) for x in optuna.__version__.split(".")[:2])
-    return {} if (major, minor) >= (4, 9) else {"warn_independent_sampling": False}
 
 # Presets expand into a (strategy, scheduler) pair.
 PRESETS: dict[str, tuple[str, str]] = {"bohb": ("tpe", "hyperband")}
@@ -100,7 +95,7 @@ def _tpe(ctx: SamplerContext) -> Any:
         multivariate=True,
         group=True,
         constant_liar=ctx.concurrency > 1,
-        **_no_independent_warning(),
+        warn_independent_sampling=False,
         constraints_func=ctx.constraints_func,
     )
 
@@ -110,7 +105,7 @@ def _gp(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.GPSampler(
-        seed=ctx.seed, n_startup_trials=_startup(ctx), **_no_independent_warning()
+        seed=ctx.seed, n_startup_trials=_startup(ctx), warn_independent_sampling=False
     )
 
 
@@ -121,7 +116,7 @@ def _cmaes(ctx: SamplerContext) -> Any:
     return optuna.samplers.CmaEsSampler(
         seed=ctx.seed,
         n_startup_trials=_startup(ctx),
-        **_no_independent_warning(),
+        warn_independent_sampling=False,
         consider_pruned_trials=True,
     )
 
