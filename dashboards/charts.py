@@ -9,12 +9,12 @@ Everything is drawn with SVG traces (no WebGL), so a report renders in any brows
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from attntune.dashboards.data import STATES, SearchData, SpaceParam, TrialRecord, parse_param_value
+from attntune.search.pareto import front_indices
 
 STATE_COLORS = {
     "COMPLETE": "#2e9e44",
@@ -82,37 +82,6 @@ def fmt_count(n: int | None) -> str:
         if abs(n) >= div:
             return f"{n / div:.3g}{unit}"
     return str(n)
-
-
-# --------------------------------------------------------------------------- Pareto front
-
-
-def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
-    """Indices of the non-dominated points, sorted along the first objective (best first).
-
-    ``modes[i]`` says whether objective ``i`` is minimised (``"min"``) or maximised (``"max"``).
-    A point is dominated when another is at least as good in every objective and strictly better in
-    one; equal points do not dominate each other (both stay). Points with a NaN/inf/None coordinate
-    are never on the front.
-    """
-    if any(m not in ("min", "max") for m in modes):
-        raise ValueError(f"modes must be 'min' or 'max', got {list(modes)}")
-    signs = [1.0 if m == "min" else -1.0 for m in modes]
-    keys: list[tuple[float, ...] | None] = []
-    for p in points:
-        if len(p) != len(modes):
-            raise ValueError(f"point {list(p)} has {len(p)} coordinates, modes has {len(modes)}")
-        try:
-            vals = tuple(s * float(v) for s, v in zip(signs, p, strict=True))
-        except (TypeError, ValueError):
-            keys.append(None)
-            continue
-        keys.append(vals if all(math.isfinite(v) for v in vals) else None)
-    from attntune.search.pareto import dominates
-
-    valid = [(i, k) for i, k in enumerate(keys) if k is not None]
-    front = [i for i, k in valid if not any(dominates(o, k) for _, o in valid)]
-    return sorted(front, key=lambda i: (keys[i], i))
 
 
 # --------------------------------------------------------------------------- optimisation history
@@ -523,13 +492,13 @@ def cost_section(d: SearchData) -> Section:
     sec = Section("cost", "Quality against cost")
     metric, mode = d.metric, d.mode
     done = [t for t in d.completed() if t.n_params is not None]
-    size_front = [done[i].number for i in pareto_front([(t.n_params, t.value(metric)) for t in done], ["min", mode])]
+    size_front = [done[i].number for i in front_indices([(t.n_params, t.value(metric)) for t in done], ["min", mode])]
     # A multi-objective search's own front (its objectives, measured constraints met) wins.
     searched = d.tags.get("pareto_trials")
     if searched is not None:
         size_front = [int(n) for n in searched.split(",") if n.strip()]
     fast = [t for t in done if _finite(t.metrics.get("tokens_per_s"))]
-    speed_front = [fast[i].number for i in pareto_front([(t.metrics["tokens_per_s"], t.value(metric)) for t in fast], ["max", mode])]
+    speed_front = [fast[i].number for i in front_indices([(t.metrics["tokens_per_s"], t.value(metric)) for t in fast], ["max", mode])]
     max_params = d.params.get("max_params")
     sec.data = {
         "metric": metric,

@@ -88,11 +88,13 @@ def _print_best(result: Any) -> None:
         + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"))
     )
     if result.best is None:
+        from attntune.search.results import feasible
+
         done = t[t["state"] == "COMPLETE"] if len(t) else t
-        if len(done) and "feasible" in done and not done["feasible"].map(lambda f: str(f) != "False").any():
+        if len(done) and "feasible" in done and not feasible(done).any():
             console.print(
                 f"{len(done)} trials completed, but none meets the constraints "
-                f"({'; '.join(str(c) for c in job.constraints if c.kind != 'static')}); nothing to export "
+                f"({'; '.join(map(str, job.end_constraints))}); nothing to export "
                 f"(`attntune export --experiment {job.tracking.experiment or job.name} --trial N` still exports one)"
             )
         else:

@@ -199,7 +199,7 @@ class SearchContext:
         # re-read only after this driver adds a trial; a shared study (``--storage``/``--join``),
         # where other drivers add trials, is always read.
         self._private_study = storage is None and not join
-        self._counted: tuple[int, float] | None = None
+        self._counted: int | None = None
         self._clock: tuple[float, float] | None = None
         self.interrupted: str | None = None
         self._recording = 0
@@ -289,7 +289,7 @@ class SearchContext:
     def _sampler_context(self, seed: int, n_trials: int) -> Any:
         from attntune.search.strategies import SamplerContext
 
-        measured = [c for c in self.job.constraints if c.kind != "static"]
+        measured = self.job.end_constraints
         return SamplerContext(
             self.job.space,
             seed,
@@ -460,7 +460,7 @@ class SearchContext:
             cfg = make_config(self.job.base, t.params)
             attempt = int(attrs.get("attempts", 1)) + 1
             plan = TrialPlan(t.number, t._trial_id, dict(t.params), cfg, int(attrs.get("n_params", 0)), run_id, attempt,
-                             measure_latency=self.measures_latency())  # fmt: skip
+                             measure_latency=self.job.uses("latency_ms"))  # fmt: skip
             if attrs.get(ATTR_STATE) is not None:  # killed while recording its end: the rerun decides
                 for k in (ATTR_STATE, "failure", "failure_kind", "stopped_epoch"):
                     if k in attrs:
@@ -479,10 +479,9 @@ class SearchContext:
         (``n_params``, ``flops``) missed, or a memory estimate over the trial's share."""
         if self.job.max_params is not None and count > self.job.max_params:
             return f"n_params={count} exceeds max_params={int(self.job.max_params)}"
-        static = [c for c in self.job.constraints if c.kind == "static"]
-        if static:
+        if self.job.launch_constraints:
             values = self.static_values(cfg, count)
-            for c in static:
+            for c in self.job.launch_constraints:
                 if c.violation(values[c.name]) > 0:
                     return f"{c.name}={values[c.name]:.4g} violates the constraint {c}"
         from attntune.search.memory import memory_problem
@@ -521,15 +520,14 @@ class SearchContext:
         """Trials that used budget: finished (not infeasible) plus every RUNNING trial in the
         study, this driver's and, in a shared study (``--join``), the other drivers'. A rerun
         waiting in ``pending_reruns`` is RUNNING in the study, so it is counted once."""
-        now = time.monotonic()
         if self._counted is not None and self._private_study:
-            return self._counted[0]
+            return self._counted
         done = 0
         for t in self.study.get_trials(deepcopy=False):
             if t.user_attrs.get(ATTR_STATE) == INFEASIBLE:
                 continue
             done += 1
-        self._counted = (done, now)
+        self._counted = done
         return done
 
     def time_left(self) -> float | None:
@@ -640,13 +638,13 @@ class SearchContext:
         driver_fault("run", trial.number)
         trial.set_user_attr(ATTR_RUN, run_id)
         trial.set_user_attr("n_params", count)
-        if any(o.name == "flops" for o in self.job.objectives) or any(c.name == "flops" for c in self.job.constraints):
+        if self.job.uses("flops"):
             trial.set_user_attr("flops", self.static_values(cfg, count)["flops"])
         trial.set_user_attr("head_dim", cfg.model.head_dim)
         trial.set_user_attr("config", {k: v for k, v in _flat_config(cfg).items()})
         trial.set_user_attr("attempts", 1)
         trial.set_user_attr("start_time", time.time())
-        plan = TrialPlan(trial.number, trial._trial_id, values, cfg, count, run_id, measure_latency=self.measures_latency())
+        plan = TrialPlan(trial.number, trial._trial_id, values, cfg, count, run_id, measure_latency=self.job.uses("latency_ms"))
         self.running[plan.number] = plan
         self.n_launched += 1
         return plan
@@ -769,11 +767,6 @@ class SearchContext:
                 out[name] = float(v)
         return out
 
-    def measures_latency(self) -> bool:
-        return any(o.name == "latency_ms" for o in self.job.objectives) or any(
-            c.name == "latency_ms" for c in self.job.constraints
-        )
-
     def driver_verdict(self, number: int, epoch: int, value: float) -> bool:
         """``moasha``: at a rung, rank every trial settled there by non-dominated sorting of
         (metric, static cost objectives) and stop this one unless it is on the rung's front or
@@ -840,7 +833,7 @@ class SearchContext:
                 failure = f"the trial has no finite {', '.join(missing)}"
             else:
                 values = [float(quantities[o.name]) for o in self.job.objectives]
-                measured = [c for c in self.job.constraints if c.kind != "static"]
+                measured = self.job.end_constraints
                 if measured:
                     v = violations(measured, quantities)
                     extra["constraint_violations"] = v if v is not None else [math.inf] * len(measured)

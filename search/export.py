@@ -237,13 +237,12 @@ def objective_vector(t: Trial, objectives: list[tuple[str, str]]) -> list[float]
 
 def pareto_front(trials: list[Trial], objectives: list[tuple[str, str]]) -> list[Trial]:
     """COMPLETE, feasible trials no other such trial dominates, by trial number."""
-    from attntune.search.pareto import pareto_mask, to_min
+    from attntune.search.pareto import front_indices
 
-    modes = [m for _, m in objectives]
     done = [(t, objective_vector(t, objectives)) for t in trials if t.state == "COMPLETE" and t.feasible]
     done = [(t, v) for t, v in done if v is not None]
-    mask = pareto_mask([to_min(v, modes) for _, v in done])
-    return sorted((t for (t, _), on in zip(done, mask, strict=True) if on), key=lambda t: t.number)
+    front = front_indices([v for _, v in done], [m for _, m in objectives])
+    return sorted((done[i][0] for i in front), key=lambda t: t.number)
 
 
 def pick_from_front(front: list[Trial], objectives: list[tuple[str, str]], rule: PickRule, search_id: str) -> Trial:
@@ -453,7 +452,8 @@ def export_config(
                 f"--pick: search run {parent.info.run_id} has one objective ({metric}); --pick chooses from a "
                 "multi-objective search's Pareto front (export the best, or --trial N)"
             )
-        chosen = pick_from_front(pareto_front(trials, objectives), objectives, pick, parent.info.run_id)
+        front = pareto_front(trials, objectives)
+        chosen = pick_from_front(front, objectives, pick, parent.info.run_id)
     else:
         chosen = pick_trial(trials, mode, trial, metric, parent.info.run_id)
     out_tag = parent.data.tags.get("attntune.output")
@@ -466,7 +466,7 @@ def export_config(
     doc = build_document(client, parent, chosen, experiment, uri)
     if pick is not None:
         doc["provenance"]["pick"] = str(pick)
-        doc["provenance"]["pareto_trials"] = [t.number for t in pareto_front(trials, objectives)]
+        doc["provenance"]["pareto_trials"] = [t.number for t in front]
         doc["provenance"]["objectives"] = {
             name: v for (name, _m), v in zip(objectives, objective_vector(chosen, objectives) or [], strict=False)
         }

@@ -256,9 +256,22 @@ class SearchJob:
     @property
     def directions(self) -> list[str]:
         """Optuna study directions, one per objective."""
-        objectives = self.objectives or ()
-        modes = [o.mode for o in objectives] or [self.mode]
+        modes = [o.mode for o in self.objectives] or [self.mode]
         return ["minimize" if m == "min" else "maximize" for m in modes]
+
+    def uses(self, name: str) -> bool:
+        """Whether ``name`` (``latency_ms``, ``flops``, ...) is an objective or constrained."""
+        return any(x.name == name for x in (*self.objectives, *self.constraints))
+
+    @property
+    def launch_constraints(self) -> tuple:
+        """Constraints on the config (``n_params``, ``flops``): missing one makes a sample INFEASIBLE."""
+        return tuple(c for c in self.constraints if c.kind == "static")
+
+    @property
+    def end_constraints(self) -> tuple:
+        """Constraints on reported or measured values, checked when a trial completes."""
+        return tuple(c for c in self.constraints if c.kind != "static")
 
     @property
     def output_dir(self) -> Path:
@@ -413,9 +426,7 @@ def parse_job(
         problems.append(f"max_params: must be > 0, got {raw.max_params}")
 
     # The fixed settings, epochs set by the budget (a token/step budget: rounds of tokens/steps).
-    from dataclasses import replace as _with_budget
-
-    raw = _with_budget(raw, budget=budget_in_rounds(raw.budget, data, problems))
+    raw = _replace(raw, budget=budget_in_rounds(raw.budget, data, problems))
     base = RunConfig(task=raw.task, model=raw.model, train=raw.train)
     if "epochs" in (data.get("train") or {}):
         problems.append("train.epochs: set budget.max_epochs instead (the search decides epochs)")

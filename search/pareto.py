@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 Point = Sequence[float]
 
@@ -29,6 +30,32 @@ def to_min(values: Sequence[float], modes: Sequence[str]) -> tuple[float, ...]:
 def dominates(a: Point, b: Point) -> bool:
     """``a`` is no worse than ``b`` everywhere and better somewhere (minimisation)."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def front_indices(points: Sequence[Sequence[Any]], modes: Sequence[str]) -> list[int]:
+    """Indices of the non-dominated points, sorted along the first objective (best first).
+
+    ``modes[i]`` says whether objective ``i`` is minimised (``"min"``) or maximised (``"max"``).
+    A point is dominated when another is at least as good in every objective and strictly better in
+    one; equal points do not dominate each other (both stay). Points with a NaN/inf/None coordinate
+    are never on the front.
+    """
+    if any(m not in ("min", "max") for m in modes):
+        raise ValueError(f"modes must be 'min' or 'max', got {list(modes)}")
+    signs = [1.0 if m == "min" else -1.0 for m in modes]
+    keys: list[tuple[float, ...] | None] = []
+    for p in points:
+        if len(p) != len(modes):
+            raise ValueError(f"point {list(p)} has {len(p)} coordinates, modes has {len(modes)}")
+        try:
+            vals = tuple(s * float(v) for s, v in zip(signs, p, strict=True))
+        except (TypeError, ValueError):
+            keys.append(None)
+            continue
+        keys.append(vals if all(math.isfinite(v) for v in vals) else None)
+    valid = [(i, k) for i, k in enumerate(keys) if k is not None]
+    front = [i for i, k in valid if not any(dominates(o, k) for _, o in valid)]
+    return sorted(front, key=lambda i: (keys[i], i))
 
 
 def nondominated_ranks(points: Sequence[Point]) -> list[int]:

@@ -41,19 +41,15 @@ def state_of(trial: Any) -> str:
 def pareto_numbers(study: Any) -> list[int]:
     """Trial numbers on the Pareto front of a multi-objective study: COMPLETE trials that met
     every measured constraint and that no other such trial dominates (search.pareto)."""
-    from attntune.search.pareto import pareto_mask, to_min
+    from attntune.search.pareto import front_indices
 
     modes = ["min" if d.name == "MINIMIZE" else "max" for d in study.directions]
     done = [
         t
         for t in study.get_trials(deepcopy=False)
-        if state_of(t) == "COMPLETE"
-        and t.values is not None
-        and t.user_attrs.get("feasible", True)
-        and all(math.isfinite(v) for v in t.values)
+        if state_of(t) == "COMPLETE" and t.values is not None and t.user_attrs.get("feasible", True)
     ]
-    mask = pareto_mask([to_min(t.values, modes) for t in done])
-    return sorted(t.number for t, on in zip(done, mask, strict=True) if on)
+    return sorted(done[i].number for i in front_indices([t.values for t in done], modes))
 
 
 def results_table(study: Any) -> pd.DataFrame:
@@ -118,13 +114,19 @@ def summary_metrics(table: pd.DataFrame, metric: str, mode: str) -> dict[str, fl
     return out
 
 
+def feasible(table: pd.DataFrame) -> pd.Series:
+    """Per row: met every constraint checked at its end (a trial that missed one is never picked);
+    True where the job has none (no ``feasible`` column, or NaN)."""
+    if "feasible" not in table:
+        return pd.Series(True, index=table.index)
+    return table["feasible"].map(lambda f: str(f) != "False")
+
+
 def best_row(table: pd.DataFrame, mode: str) -> pd.Series | None:
     """The best COMPLETE trial; NaN or infinite values never win."""
     if table.empty:
         return None
-    ok = table["value"].map(lambda v: v is not None and math.isfinite(float(v)))
-    if "feasible" in table:  # a trial that missed a measured constraint is never picked
-        ok &= table["feasible"].map(lambda f: str(f) != "False")  # NaN: no measured constraint
+    ok = table["value"].map(lambda v: v is not None and math.isfinite(float(v))) & feasible(table)
     done = table[(table["state"] == "COMPLETE") & ok]
     if done.empty:
         return None

@@ -568,11 +568,10 @@ class _Driver:
         epoch = int(flat.get("epoch") or 0)
         value = metrics.get(self.ctx.job.metric)
         plan = self.ctx.running[att.number]
-        if value is None or not math.isfinite(float(value)) or epoch >= self.ctx.job.budget.max_epochs:
-            return False
         from attntune.search.worker import wants_decision
 
-        if not wants_decision(self.ctx.decision_epochs(plan), epoch, metrics):
+        # wants_decision also rules out the last epoch (nothing left to stop) and warm-up.
+        if value is None or not math.isfinite(float(value)) or not wants_decision(self.ctx.decision_epochs(plan), epoch, metrics):
             return False
         return self.ctx.driver_verdict(att.number, epoch, float(value))
 

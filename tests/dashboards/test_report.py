@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from attntune.dashboards.charts import importance_section, pareto_front
+from attntune.dashboards.charts import importance_section
 from attntune.dashboards.data import SearchData, SpaceParam, TrialRecord
 from attntune.search.job import parse_job
+from attntune.search.pareto import front_indices
 from tests.conftest import attntune_cli, sqlite_uri, tiny_job
 
 SECTIONS = ["summary", "history", "curves", "importance", "parallel", "cost", "top-trials"]
@@ -191,7 +192,7 @@ def test_importance_parallel_cost_and_top_table(built: Built) -> None:
     cost = built.data["sections"]["cost"]["data"]
     assert len(cost["points"]) == n_complete
     pts = [(p["n_params"], p["value"]) for p in cost["points"]]
-    assert cost["pareto_size"] == [cost["points"][i]["number"] for i in pareto_front(pts, ["min", "min"])]
+    assert cost["pareto_size"] == [cost["points"][i]["number"] for i in front_indices(pts, ["min", "min"])]
     front_trace = next(tr for tr in built.figures["cost"]["data"] if tr["name"] == "Pareto front")
     assert len(front_trace["x"]) == len(cost["pareto_size"]) >= 1
     top = built.data["top"]
@@ -287,21 +288,6 @@ def test_a_single_trial_report(edge: dict[str, Built]) -> None:
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def test_pareto_front_on_hand_made_points() -> None:
-    # (n_params, val_loss): smaller and lower is better
-    pts = [(100, 3.0), (200, 2.0), (150, 2.5), (300, 2.0), (120, 3.5), (400, 1.0), (100, 3.0)]
-    assert pareto_front(pts, ["min", "min"]) == [0, 6, 2, 1, 5]
-    # (n_params, bleu): smaller is better, higher BLEU is better
-    pts2 = [(10, 5.0), (20, 4.0), (30, 9.0), (5, 1.0), (30, 8.0)]
-    assert pareto_front(pts2, ["min", "max"]) == [3, 0, 2]
-    assert pareto_front([(1, float("nan")), (2, 1.0), (None, 0.0)], ["min", "min"]) == [1]
-    assert pareto_front([], ["min", "max"]) == []
-    with pytest.raises(ValueError):
-        pareto_front([(1, 2)], ["min", "up"])
-    with pytest.raises(ValueError):
-        pareto_front([(1, 2, 3)], ["min", "max"])
 
 
 def test_importance_is_computed_from_mlflow_strings() -> None:

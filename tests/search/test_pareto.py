@@ -15,6 +15,7 @@ import pytest
 from attntune.search.pareto import (
     crowding_distances,
     dominates,
+    front_indices,
     hypervolume_2d,
     knee_index,
     mo_asha_continues,
@@ -144,3 +145,18 @@ def test_knee_index_picks_the_corner_of_an_l_shaped_front() -> None:
     assert knee_index(cube) == 2
     with pytest.raises(ValueError):
         knee_index([])
+
+
+def test_front_indices_on_hand_made_points() -> None:
+    # (n_params, val_loss): smaller and lower is better
+    pts = [(100, 3.0), (200, 2.0), (150, 2.5), (300, 2.0), (120, 3.5), (400, 1.0), (100, 3.0)]
+    assert front_indices(pts, ["min", "min"]) == [0, 6, 2, 1, 5]
+    # (n_params, bleu): smaller is better, higher BLEU is better
+    pts2 = [(10, 5.0), (20, 4.0), (30, 9.0), (5, 1.0), (30, 8.0)]
+    assert front_indices(pts2, ["min", "max"]) == [3, 0, 2]
+    assert front_indices([(1, float("nan")), (2, 1.0), (None, 0.0)], ["min", "min"]) == [1]
+    assert front_indices([], ["min", "max"]) == []
+    with pytest.raises(ValueError):
+        front_indices([(1, 2)], ["min", "up"])
+    with pytest.raises(ValueError):
+        front_indices([(1, 2, 3)], ["min", "max"])
