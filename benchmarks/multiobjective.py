@@ -68,13 +68,13 @@ from benchmarks.replay import (  # noqa: E402
     Curves,
     StopRule,
     Trace,
-    epoch_steps,
+    curve_tables,
     load_curves,
     median,
     run_trials,
+    step_rule,
 )
 
-DATA_DIR = REPO / "benchmarks" / "data"
 METRIC = "val_loss"
 # (label, strategy, MO-ASHA early stopping)
 METHODS: list[tuple[str, str, bool]] = [
@@ -379,12 +379,7 @@ def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | 
         f"replays took {wall:.1f}s wall"
     )
     if gate:
-        per_epoch, how = epoch_steps(curves)
-        print(
-            f"MO-ASHA judges a trial only once its warmup has ended (worker.wants_decision): step at the "
-            f"end of epoch e = {'e x ' + str(per_epoch) if per_epoch else 'unknown'} ({how}) unless the "
-            f"table has a step column"
-        )
+        print(f"MO-ASHA judges a trial only once its warmup has ended (worker.wants_decision): {step_rule(curves)}")
     else:
         print("no warmup gate (--no-warmup-gate): MO-ASHA also judges trials still warming up")
     print(
@@ -465,11 +460,7 @@ def main() -> None:
     if args.seeds < 1 or (args.budget_epochs is not None and args.budget_epochs < 1):
         print("error: --seeds and --budget-epochs must be >= 1", file=sys.stderr)
         sys.exit(2)
-    paths = args.curves or sorted(DATA_DIR.glob("curves_*.csv"))
-    if not paths:
-        sys.exit(
-            f"error: no curve tables in {DATA_DIR.relative_to(REPO)}; record them with benchmarks/record_curves.py"
-        )
+    paths = curve_tables(args.curves)
     try:
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:

@@ -33,6 +33,7 @@ import csv
 import itertools
 import json
 import math
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from attntune.search.worker import wants_decision
 from attntune.spaces.space import Space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]  # recorded task paths are relative to the repository root
+DATA_DIR = REPO / "benchmarks" / "data"
 
 
 class CurveError(ValueError):
@@ -281,6 +283,25 @@ def decision_epochs(
     if not judges:
         return None
     return (min_epochs, curves.max_epochs, trial_warmup(curves, values))
+
+
+def step_rule(curves: Curves) -> str:
+    """How a replayed report's step is found, for the benchmarks' header lines."""
+    per_epoch, how = epoch_steps(curves)
+    return (
+        f"step at the end of epoch e = {'e x ' + str(per_epoch) if per_epoch else 'unknown'} ({how}) unless "
+        "the table has a step column"
+    )
+
+
+def curve_tables(given: list[Path] | None) -> list[Path]:
+    """The tables to replay: those given, else every recorded one; exits when there are none."""
+    paths = list(given or sorted(DATA_DIR.glob("curves_*.csv")))
+    if not paths:
+        sys.exit(
+            f"error: no curve tables in {DATA_DIR.relative_to(REPO)}; record them with benchmarks/record_curves.py"
+        )
+    return paths
 
 
 def report(metrics: Mapping[str, float], epoch: int, per_epoch: int | None) -> Mapping[str, float]:

@@ -40,9 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/search_efficiency.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from benchmarks.replay import CurveError, Curves, Trace, epoch_steps, load_curves, median, replay  # noqa: E402
+from benchmarks.replay import CurveError, Curves, Trace, curve_tables, load_curves, median, replay, step_rule  # noqa: E402
 
-DATA_DIR = REPO / "benchmarks" / "data"
 # (label, strategy, scheduler)
 PAIRS: list[tuple[str, str, str]] = [
     ("random", "random", "none"),
@@ -136,12 +135,7 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
     if args.no_warmup_gate:
         print("no warmup gate (--no-warmup-gate): pruners also judge trials still warming up")
     else:
-        per_epoch, how = epoch_steps(curves)
-        print(
-            f"pruners judge a trial only once its warmup has ended (worker.wants_decision): step at the end "
-            f"of epoch e = {'e x ' + str(per_epoch) if per_epoch else 'unknown'} ({how}) unless the table has "
-            f"a step column"
-        )
+        print(f"pruners judge a trial only once its warmup has ended (worker.wants_decision): {step_rule(curves)}")
     print(
         f"random's final best (reached by a majority of random+none's seeds at the full budget): {target:.4f} "
         f"= rank {rank_of(target, curves, args.metric, args.mode)} of {len(finals)} configs "
@@ -369,11 +363,7 @@ def main() -> None:
     if unknown:
         print(f"error: --pairs: unknown label {unknown[0]!r} (valid: {', '.join(labels)})", file=sys.stderr)
         sys.exit(2)
-    paths = args.data or sorted(DATA_DIR.glob("curves_*.csv"))
-    if not paths:
-        sys.exit(
-            f"error: no curve tables in {DATA_DIR.relative_to(REPO)}; record them with benchmarks/record_curves.py"
-        )
+    paths = curve_tables(args.data)
     try:
         for path in paths:
             benchmark(path, args)
