@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,18 +98,26 @@ def test_same_seed_same_metrics(reverse_data):
         assert torch.equal(p, q)
 
 
-def test_resume_continues_exactly(reverse_data, tmp_path):
-    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 3})
-    straight = train(TINY, cfg, reverse_data)
-    ckpt = tmp_path / "ckpt"
-    first = train(TINY, cfg, reverse_data, Recorder(stop_at=1), checkpoint_dir=ckpt)
+def _stop_after_epoch_1_then_resume(cfg: TrainConfig, data: Any, ckpt: Path) -> Any:
+    """Train ``cfg`` (3 epochs or rounds) straight, and again stopped after the first one and
+    resumed from its checkpoint: the resumed run must equal the straight one exactly. Returns the
+    straight run."""
+    straight = train(TINY, cfg, data)
+    first = train(TINY, cfg, data, Recorder(stop_at=1), checkpoint_dir=ckpt)
     assert first.epochs_run == 1 and (ckpt / "train_state.pt").is_file()
     rec = Recorder()
-    resumed = train(TINY, cfg, reverse_data, rec, checkpoint_dir=ckpt, resume=True)
+    resumed = train(TINY, cfg, data, rec, checkpoint_dir=ckpt, resume=True)
     assert rec.info["resumed_from_epoch"] == 1 and [e for e, _ in rec.reports] == [2, 3]
     assert comparable(resumed.history) == comparable(straight.history)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
+    return straight
+
+
+def test_resume_continues_exactly(reverse_data, tmp_path):
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 3})
+    ckpt = tmp_path / "ckpt"
+    straight = _stop_after_epoch_1_then_resume(cfg, reverse_data, ckpt)
     fresh = train(TINY, cfg, reverse_data, Recorder(), checkpoint_dir=ckpt, resume=False)
     assert comparable(fresh.history) == comparable(straight.history)
 
@@ -198,16 +207,8 @@ def test_round_steps_are_exact(reverse_data):
 def test_rounds_resume_exactly(reverse_data, tmp_path):
     """A checkpoint after round 1 (mid data epoch) resumes the batch stream where it stopped."""
     cfg = TrainConfig(**{**ROUNDS.__dict__, "round_tokens": 1500, "loss_ceiling": 50.0})
-    straight = train(TINY, cfg, reverse_data)
     ckpt = tmp_path / "ckpt"
-    first = train(TINY, cfg, reverse_data, Recorder(stop_at=1), checkpoint_dir=ckpt)
-    assert first.epochs_run == 1
-    rec = Recorder()
-    resumed = train(TINY, cfg, reverse_data, rec, checkpoint_dir=ckpt, resume=True)
-    assert rec.info["resumed_from_epoch"] == 1 and [e for e, _ in rec.reports] == [2, 3]
-    assert comparable(resumed.history) == comparable(straight.history)
-    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(p, q)
+    _stop_after_epoch_1_then_resume(cfg, reverse_data, ckpt)
     # A token round is not a step round: that checkpoint does not resume another recipe.
     other = TrainConfig(**{**ROUNDS.__dict__, "round_steps": 8, "loss_ceiling": 50.0})
     with pytest.warns(UserWarning, match="starting afresh"):
