@@ -7,17 +7,17 @@ in-memory study with ``directions=["minimize", "minimize"]``, one trial at a tim
 counted in epochs read (as ``benchmarks/replay.py`` does for one objective):
 
 - ``nsga2+mo-asha``: NSGA-II plus attntune's MO-ASHA rule (scheduler ``moasha``:
-  ``search/pareto.py``'s ``mo_asha_continues`` as ``SearchContext.driver_verdict`` applies it): at
+  ``search/pareto.py``'s ``mo_asha_continues`` as the driver applies it, ``schedulers.moasha_stops``): at
   each rung (``min_epochs`` 1 x 3^k below ``max_epochs``, the successive halving rungs of
   ``search/schedulers.py``), the point (val_loss it was settled with, n_params) of every trial settled
   at the rung so far, in arrival order, is ranked; the trial goes on if it is on the rung's first
   front or among the best ``max(1, n // 3)`` by NSGA-II selection order, otherwise it stops and is
   told to Optuna as ``PRUNED`` (a non-finite val_loss is not judged). A trial is judged only where
-  the engine judges it: ``attntune.search.worker.wants_decision`` with ``(min_epochs, max_epochs, the
+  the driver judges it: ``attntune.search.schedulers.wants_decision`` with ``(min_epochs, max_epochs, the
   trial's train.warmup_steps)`` and the report's ``step`` (``benchmarks/replay.py``: the table's
   ``step`` column, else epoch x the recorded steps per epoch, 15 on both tables), so never before its
   learning-rate warmup has ended. Its first judged report settles every rung it has passed since its
-  last one, with its val_loss then (the engine's ``driver_verdict``; Optuna's successive halving
+  last one, with its val_loss then (the driver's ``schedulers.moasha_due``; Optuna's successive halving
   does the same), so a value from warmup ranks no one;
 - ``nsga2``: NSGA-II, every trial trained to the last epoch;
 - ``random``: random sampling, every trial trained to the last epoch.
@@ -60,7 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/multiobjective.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from attntune.search.pareto import hypervolume_2d, mo_asha_continues, pareto_mask  # noqa: E402
+from attntune.search.pareto import hypervolume_2d, pareto_mask  # noqa: E402
+from attntune.search.schedulers import moasha_due, moasha_stops  # noqa: E402
 from benchmarks.replay import (  # noqa: E402
     COMPLETE,
     PRUNED,
@@ -152,7 +153,7 @@ def mo_replay(
     """One multi-objective search on ``curves`` until ``budget_epochs`` epochs are spent.
 
     A completed trial's ``value`` is its best val_loss; its size is ``sizes[curves.key(values)]``.
-    ``warmup_gate=False`` judges trials during their warmup too (the replay before the engine had the
+    ``warmup_gate=False`` judges trials during their warmup too (the replay before the driver had the
     gate).
     """
     import optuna
@@ -181,13 +182,15 @@ def mo_replay(
 
 
 class MoAsha(StopRule):
-    """attntune's MO-ASHA as ``SearchContext.driver_verdict`` applies it: a judged report settles
-    every rung passed since the trial's last judged one, with its value then; at each, the points
-    (settled value, n_params) of every trial settled there so far are ranked, and the trial goes on
-    if ``mo_asha_continues``. A completed trial tells (best val_loss, n_params)."""
+    """attntune's MO-ASHA, the driver's rule (``schedulers.moasha_due`` / ``moasha_stops``): a
+    judged report settles every rung passed since the trial's last judged one, with its value
+    then; at each, the points (settled value, n_params) of every trial settled there so far are
+    ranked, and the trial goes on if ``mo_asha_continues``. A completed trial tells (best
+    val_loss, n_params)."""
 
     def __init__(self, rungs: Sequence[int], curves: Curves, sizes: dict[Key, int]) -> None:
-        self.rung_points: dict[int, list[tuple[float, float]]] = {r: [] for r in rungs}
+        self.rungs = list(rungs)
+        self.settled: dict[int, list[tuple[int, tuple[float, float]]]] = {r: [] for r in rungs}
         self.curves, self.sizes = curves, sizes
         self.size, self.judged_through = 0.0, 0
 
@@ -199,16 +202,12 @@ class MoAsha(StopRule):
         """Nothing: a rung ranks settled values only (a value from warmup ranks no one)."""
 
     def stop(self, trial: Any, epoch: int, value: float) -> bool:
-        from attntune.search.schedulers import REDUCTION_FACTOR
-
-        due = [r for r in self.rung_points if self.judged_through < r <= epoch]
+        due = moasha_due(self.rungs, self.judged_through, epoch)
         self.judged_through = epoch
+        stop = moasha_stops(due, trial.number, (value, self.size), lambda rung: self.settled[rung])
         for rung in due:
-            points = self.rung_points[rung]
-            points.append((value, self.size))
-            if not mo_asha_continues(points, len(points) - 1, REDUCTION_FACTOR):
-                return True
-        return False
+            self.settled[rung].append((trial.number, (value, self.size)))
+        return stop
 
     def told(self, values: Any, best: float) -> list[float]:
         return [best, self.size]
@@ -265,7 +264,7 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
 
     import yaml
 
-    from attntune.search.results import load_study
+    from attntune.search.study_store import load_study
 
     curves, sizes = _table(str(path))
     scale = Scale(curves, sizes)
@@ -379,7 +378,7 @@ def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | 
         f"replays took {wall:.1f}s wall"
     )
     if gate:
-        print(f"MO-ASHA judges a trial only once its warmup has ended (worker.wants_decision): {step_rule(curves)}")
+        print(f"MO-ASHA judges a trial only once its warmup has ended (schedulers.wants_decision): {step_rule(curves)}")
     else:
         print("no warmup gate (--no-warmup-gate): MO-ASHA also judges trials still warming up")
     print(
@@ -452,7 +451,7 @@ def main() -> None:
     p.add_argument(
         "--no-warmup-gate",
         action="store_true",
-        help="let MO-ASHA judge trials still in their warmup (the engine never does; for comparison)",
+        help="let MO-ASHA judge trials still in their warmup (the driver never does; for comparison)",
     )
     args = p.parse_args()
     if args.quick:

@@ -71,8 +71,8 @@ def calibrate(trial_seconds: float) -> int:
 
 def run_attntune(backend: str, n_trials: int, concurrency: int, steps: int, folder: Path) -> dict[str, float]:
     from attntune.search.job import parse_job
-    from attntune.search.results import load_study
     from attntune.search.run import run_search
+    from attntune.search.study_store import load_study
 
     job = parse_job(
         {

@@ -4,18 +4,18 @@ Why replay: comparing strategies honestly needs many seeds, and real searches co
 table of real learning curves over a full cartesian grid (``benchmarks/record_curves.py``) lets the
 *real* Optuna samplers and pruners that ``attntune`` uses (``STRATEGIES[...].make_sampler``,
 ``SCHEDULERS[...].optuna_pruner``) run in an in-memory study where a trial "trains" by reading its
-curve epoch by epoch: ``trial.report`` + ``should_prune`` exactly as the search engine does, a
-completed trial's value is its best epoch (``engine.trial_value``), and the budget counts epochs.
+curve epoch by epoch: ``trial.report`` + ``should_prune`` exactly as the search driver does, a
+completed trial's value is its best epoch (``outcome.trial_value``), and the budget counts epochs.
 
-The scheduler judges a report only when the engine would: ``attntune.search.worker.wants_decision``
-with the engine's ``(min_epochs, max_epochs, the trial's train.warmup_steps)`` (as
-``SearchContext.decision_epochs``) and the report's ``step``, the global optimizer step at the end of
+The scheduler judges a report only when the driver would: ``attntune.search.schedulers.wants_decision``
+with the driver's ``(min_epochs, max_epochs, the trial's train.warmup_steps)`` (as
+``schedulers.decision_window``) and the report's ``step``, the global optimizer step at the end of
 the epoch, so no trial is judged before its learning-rate warmup has ended. The step is the table's
 ``step`` column where it has one; otherwise epoch x the recorded runs' steps per epoch
 (``epoch_steps``: min(training batches, ``train.max_steps_per_epoch``) as ``model.train`` counts them,
 the batches counted by building the header's task; 15 on both recorded tables). A table without a
 ``train`` header (hand-made ones) has no step, and its reports are judged at every epoch from
-``min_epochs`` to the last but one, as the engine judges a report without a step.
+``min_epochs`` to the last but one, as the driver judges a report without a step.
 
     from benchmarks.replay import load_curves, replay
     curves = load_curves("benchmarks/data/curves_numbers.csv")
@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from attntune.search.worker import wants_decision
+from attntune.search.schedulers import wants_decision
 from attntune.spaces.space import Space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]  # recorded task paths are relative to the repository root
@@ -278,7 +278,7 @@ def trial_warmup(curves: Curves, values: Mapping[str, Any]) -> int:
 def decision_epochs(
     curves: Curves, values: Mapping[str, Any], min_epochs: int, judges: bool = True
 ) -> tuple[int, int, int] | None:
-    """``SearchContext.decision_epochs`` for a replayed trial: (min_epochs, the last epoch, the
+    """``schedulers.decision_window`` for a replayed trial: (min_epochs, the last epoch, the
     trial's warmup steps), None for a scheduler that never stops trials."""
     if not judges:
         return None
@@ -305,7 +305,7 @@ def curve_tables(given: list[Path] | None) -> list[Path]:
 
 
 def report(metrics: Mapping[str, float], epoch: int, per_epoch: int | None) -> Mapping[str, float]:
-    """An epoch's report as the engine receives it: the recorded metrics, with ``step`` (the global
+    """An epoch's report as the driver receives it: the recorded metrics, with ``step`` (the global
     optimizer step at the end of the epoch) from the table, else ``epoch x per_epoch``."""
     if "step" in metrics or per_epoch is None:
         return metrics
@@ -391,9 +391,9 @@ def replay(
     the model-based samplers' random start-up trials the way ``attntune run`` does. Trials run one
     at a time (concurrency 1). The Hyperband pruner assigns brackets by study name and trial
     number, so ``study_name`` must match a real search's job name to reproduce it. The pruner
-    judges a report only when ``worker.wants_decision`` lets the engine ask it (module docstring);
+    judges a report only when ``schedulers.wants_decision`` lets the driver ask it (module docstring);
     ``warmup_gate=False`` leaves the step out of the reports, i.e. judges during warmup too (the
-    replays before the engine had the gate).
+    replays before the driver had the gate).
     """
     import optuna
 
@@ -432,8 +432,8 @@ def replay(
 
 class StopRule:
     """The scheduler's side of a replayed trial (``run_trials``). This one is an Optuna pruner, as
-    ``SearchContext.on_report`` uses it: every finite value is reported to the trial, and where
-    the engine would ask, ``should_prune`` decides. Other rules (``benchmarks/multiobjective.py``'s
+    ``Driver.on_report`` uses it: every finite value is reported to the trial, and where
+    the driver would ask, ``should_prune`` decides. Other rules (``benchmarks/multiobjective.py``'s
     MO-ASHA) override what they need."""
 
     def start(self, trial: Any, values: Mapping[str, Any]) -> None:
@@ -444,7 +444,7 @@ class StopRule:
         trial.report(value, epoch)
 
     def stop(self, trial: Any, epoch: int, value: float) -> bool:
-        """Asked only where ``wants_decision`` holds (the engine's rule); True stops the trial."""
+        """Asked only where ``wants_decision`` holds (the driver's rule); True stops the trial."""
         return bool(trial.should_prune())
 
     def told(self, values: Mapping[str, Any], best: float) -> float | list[float]:
@@ -490,7 +490,7 @@ def run_trials(
             if not math.isfinite(value):
                 continue
             rule.value(trial, epoch, value)
-            # As the engine (SearchContext.on_report): the scheduler is asked only when
+            # As the driver (Driver.on_report): the scheduler is asked only when
             # wants_decision holds: min_epochs <= epoch < the last epoch, and the warmup has ended.
             shown = report(metrics, epoch, per_epoch) if warmup_gate else None
             if wants_decision(decide, epoch, shown) and rule.stop(trial, epoch, value):

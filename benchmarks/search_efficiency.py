@@ -8,7 +8,7 @@ best at the full budget; for every pair the script prints the median over seeds 
 budget spent until its best completed trial reached that value ("not reached" counts as more than 1),
 and the same fraction for reaching the table's best configuration. Both medians are order statistics,
 sorted(x)[n // 2] ("what a majority of seeds achieve"; the plain median for the default 21 seeds), so
-the target is a recorded value. Targets (issue 3): bohb <= 1/3, tpe <= 1/2. As in the engine, a
+the target is a recorded value. Targets (issue 3): bohb <= 1/3, tpe <= 1/2. As in the driver, a
 pruner is asked only once a trial's learning-rate warmup has ended (``worker.wants_decision``, see
 ``benchmarks/replay.py``); ``--no-warmup-gate`` asks it during warmup too, for comparison.
 
@@ -350,7 +350,7 @@ def main() -> None:
     p.add_argument(
         "--no-warmup-gate",
         action="store_true",
-        help="let pruners judge trials still in their warmup (the engine never does; for comparison)",
+        help="let pruners judge trials still in their warmup (the driver never does; for comparison)",
     )
     p.add_argument(
         "--real-check", action="store_true", help="also run one real tpe+asha search on the first table"

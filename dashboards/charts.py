@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from attntune.dashboards.data import STATES, SearchData, SpaceParam, TrialRecord, parse_param_value
+from attntune.dashboards.data import parse_param_value
+from attntune.search.outcome import TrialState
 from attntune.search.pareto import front_indices
+from attntune.search.records import STATES, SearchData, SpaceParam, TrialRecord
+from attntune.search.schedulers import SCHEDULERS
 
 STATE_COLORS = {
-    "COMPLETE": "#2e9e44",
-    "PRUNED": "#f28e2b",
-    "FAILED": "#d64541",
-    "INFEASIBLE": "#9aa0a6",
-    "RUNNING": "#4e79a7",
-    "KILLED": "#8e6fbf",
+    TrialState.COMPLETE: "#2e9e44",
+    TrialState.PRUNED: "#f28e2b",
+    TrialState.FAILED: "#d64541",
+    TrialState.INFEASIBLE: "#9aa0a6",
+    TrialState.RUNNING: "#4e79a7",
+    TrialState.KILLED: "#8e6fbf",
 }
 ACCENT = "#1f4e9c"
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -98,7 +101,7 @@ def history_section(d: SearchData) -> Section:
     best_line: list[dict[str, Any]] = []
     best: float | None = None
     for t in pts:
-        if t.state != "COMPLETE":
+        if t.state != TrialState.COMPLETE:
             continue
         v = t.value(metric)
         if best is None or (v < best if mode == "min" else v > best):
@@ -139,7 +142,7 @@ def history_section(d: SearchData) -> Section:
                 mode="markers",
                 name=f"{state.lower()} ({len(group)})",
                 marker=dict(color=state_color(state), size=10, line=dict(color="white", width=1.5),
-                            symbol="circle" if state == "COMPLETE" else "diamond"),
+                            symbol="circle" if state == TrialState.COMPLETE else "diamond"),
                 text=[t.run_name for t in group],
                 customdata=[[t.number] for t in group],
                 hovertemplate="trial %{customdata[0]} · %{text}<br>" + metric + " %{y:.4g}<br>started %{x}<extra></extra>",
@@ -152,7 +155,7 @@ def history_section(d: SearchData) -> Section:
         fig.update_xaxes(range=[_ms_to_local(int(mid - 30_000)), _ms_to_local(int(mid + 30_000))])
     fig.update_yaxes(title_text=f"best {metric_axis_title(metric, mode)}")
     sec.figure = _layout(fig)
-    pruned = any(t.state == "PRUNED" for t in pts)
+    pruned = any(t.state == TrialState.PRUNED for t in pts)
     sec.caption = f"Each point is a trial's best {metric}, placed at the time the trial started" + (
         "; pruned trials stopped early, so their values are not comparable with complete ones. " if pruned else ". "
     ) + "The line is the best complete trial so far."
@@ -170,8 +173,6 @@ def _counts_sentence(d: SearchData) -> str:
 
 def rung_epochs(d: SearchData) -> list[int]:
     """Epochs where ASHA/Hyperband compare trials (attntune.search.schedulers.sha_rungs)."""
-    from attntune.search.schedulers import SCHEDULERS
-
     name = d.setting("scheduler", "none")
     try:
         sched = SCHEDULERS.get(name)
@@ -216,21 +217,21 @@ def curves_section(d: SearchData) -> Section:
     fig = go.Figure()
     shown: set[str] = set()
     counts = {s: sum(1 for t in with_curve if t.state == s) for s in {t.state for t in with_curve}}
-    order = {s: i for i, s in enumerate(("FAILED", "PRUNED", "COMPLETE"))}  # complete drawn on top
+    order = {s: i for i, s in enumerate((TrialState.FAILED, TrialState.PRUNED, TrialState.COMPLETE))}  # complete drawn on top
     for t in sorted(with_curve, key=lambda t: (order.get(t.state, -1), t.number)):
         xs = [e for e, _ in t.curve]
         ys = [v if math.isfinite(v) else None for _, v in t.curve]
         color = state_color(t.state)
         symbols = ["circle"] * len(xs)
         sizes = [6] * len(xs)
-        if t.state in ("PRUNED", "FAILED") and xs:
+        if t.state in (TrialState.PRUNED, TrialState.FAILED) and xs:
             symbols[-1], sizes[-1] = "x", 11
         fig.add_trace(
             go.Scatter(
                 x=xs, y=ys, mode="lines+markers",
-                line=dict(color=color, width=2 if t.state == "COMPLETE" else 1.5),
+                line=dict(color=color, width=2 if t.state == TrialState.COMPLETE else 1.5),
                 marker=dict(color=color, symbol=symbols, size=sizes),
-                opacity=1.0 if t.state == "COMPLETE" else 0.8,
+                opacity=1.0 if t.state == TrialState.COMPLETE else 0.8,
                 name=f"{t.state.lower()} ({counts[t.state]})",
                 legendgroup=t.state,
                 showlegend=t.state not in shown,
@@ -454,16 +455,7 @@ def parallel_section(d: SearchData) -> Section:
             ),
         )
     )
-    for x, ax in enumerate(axes):
-        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, line=dict(color="#3b4252", width=1.5), layer="below")
-        prefix, dot, rest = ax["label"].rpartition(".")
-        label = (f"<span style='font-size:10px;color:#66758a'>{prefix}.</span><br>" if dot else "<br>") + f"<b>{rest}</b>"
-        if ax["log"]:
-            label += " <span style='font-size:10px;color:#66758a'>log</span>"
-        fig.add_annotation(x=x, y=1.0, yshift=26, text=label, showarrow=False, font=dict(size=12))
-        for y, label in ax["ticks"]:
-            fig.add_annotation(x=x, y=y, text=label, showarrow=False, xanchor="right", xshift=-6,
-                               font=dict(size=11, color="#5b6577"))
+    _draw_axes(fig, axes)
     fig.update_xaxes(visible=False, range=[-0.45, len(axes) - 0.8])
     fig.update_yaxes(visible=False, range=[-0.06, 1.16])
     _layout(fig, height=440, showlegend=False)
@@ -474,6 +466,20 @@ def parallel_section(d: SearchData) -> Section:
         "Log-scale parameters (such as the learning rate) use log axes."
     )
     return sec
+
+
+def _draw_axes(fig: Any, axes: list[dict[str, Any]]) -> None:
+    """Each parallel axis: a vertical line, its dotted name (the prefix small), its ticks."""
+    for x, ax in enumerate(axes):
+        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, line=dict(color="#3b4252", width=1.5), layer="below")
+        prefix, dot, rest = ax["label"].rpartition(".")
+        label = (f"<span style='font-size:10px;color:#66758a'>{prefix}.</span><br>" if dot else "<br>") + f"<b>{rest}</b>"
+        if ax["log"]:
+            label += " <span style='font-size:10px;color:#66758a'>log</span>"
+        fig.add_annotation(x=x, y=1.0, yshift=26, text=label, showarrow=False, font=dict(size=12))
+        for y, label in ax["ticks"]:
+            fig.add_annotation(x=x, y=y, text=label, showarrow=False, xanchor="right", xshift=-6,
+                               font=dict(size=11, color="#5b6577"))
 
 
 def _fmt_param(v: Any) -> str:
@@ -569,7 +575,7 @@ def _cost_panel(fig: Any, col: int, trials: list[TrialRecord], front: list[int],
     fig.add_trace(
         go.Scatter(
             x=[x_of(t) for t in trials], y=[t.value(metric) for t in trials], mode="markers",
-            marker=dict(color=STATE_COLORS["COMPLETE"], size=9, opacity=0.55, line=dict(color="white", width=1)),
+            marker=dict(color=STATE_COLORS[TrialState.COMPLETE], size=9, opacity=0.55, line=dict(color="white", width=1)),
             name="complete trial", legendgroup="complete", showlegend=col == 1,
             text=[t.run_name for t in trials], customdata=[[t.number] for t in trials],
             hovertemplate="trial %{customdata[0]} · %{text}<br>%{x:,.0f} " + unit + "<br>" + metric + " %{y:.4g}<extra></extra>",

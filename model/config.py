@@ -1,19 +1,23 @@
 """Configuration objects: one frozen dataclass per concern, validated at construction.
 
-Why a hand-rolled parser: YAML is parsed with ``yaml.safe_load`` and must reject unknown keys
-and wrong types and report *every* problem at once, with the dotted key that is wrong. The
-same parser serves the model, training, task and (in ``attntune.search``) search-job sections.
+A config file (``yaml.safe_load`` output) is type-checked by pydantic v2 at the parsing boundary
+(``parse_fields``/``load_dataclass``): unknown keys rejected, *every* problem reported at once with
+its dotted key. The dataclasses stay plain and frozen, their cross-field rules in ``__post_init__``,
+so ``attntune.model`` builds configs with torch alone. The same parser serves the model, training,
+task and (in ``attntune.search``) search-job sections.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 
 class ConfigError(ValueError):
@@ -35,132 +39,205 @@ class ConfigError(ValueError):
         return ConfigError(self.problems, source)
 
 
-# --------------------------------------------------------------------------- generic parsing
+# --------------------------------------------------------------------------- parsing (pydantic v2)
+#
+# A config file is checked at this boundary by pydantic in strict mode, with two before-validators
+# for our type rules (below); the dataclasses' own cross-field rules then run in ``__post_init__``.
+# pydantic is imported inside these functions, never at the top: ``attntune.model`` must import and
+# build configs on a bare GPU box with torch alone (benchmarks/gpu_packing.py); only parsing needs it.
+
+# pydantic error type (its first word) -> what the key expects, in our words.
+_EXPECTED = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "string": "a string",
+    "dict": "a mapping",
+    "list": "a list",
+}
+# pydantic bound error type -> (its ctx key, the operator we print).
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if tp is float:
-        return "a number"
-    if tp is int:
-        return "an integer"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
-    """Check ``value`` against annotation ``tp``; return the (lightly coerced) value.
-
-    Ints are accepted for floats; ``1e-3`` strings (YAML 1.1 reads them as strings) are accepted
-    for floats; bools are never accepted as numbers.
-    """
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None:
-            if type(None) in get_args(tp):
-                return None
-        for a in args:
-            sub: list[str] = []
-            v = coerce(value, a, key, sub)
-            if not sub:
-                return v
-        problems.append(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-        return value
-    if origin is Literal:
-        if value not in get_args(tp):
-            problems.append(f"{key}: {value!r} is not {_type_name(tp)}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            problems.append(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            problems.append(f"{key}: expected a number, got {value!r}")
-            return value
-        if isinstance(value, int | float):
+def to_number(value: Any) -> Any:
+    """``"1e-3"`` as 0.001, since YAML 1.1 reads a float without a dot as a string."""
+    if isinstance(value, str):
+        try:
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        problems.append(f"{key}: expected a number, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    if origin in (dict, Mapping, typing.Mapping):
-        if not isinstance(value, Mapping):
-            problems.append(f"{key}: expected a mapping, got {value!r}")
-        return dict(value) if isinstance(value, Mapping) else value
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            problems.append(f"{key}: expected a list, got {value!r}")
-            return value
-        (inner, *_) = get_args(tp) or (Any,)
-        out = [coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if dataclasses.is_dataclass(tp):
-        return parse_dataclass(tp, value, key, problems)
+        except ValueError:
+            pass
     return value
 
 
-def parse_dataclass(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
-    """Build dataclass ``cls`` from a mapping, appending problems instead of raising.
+def to_int(value: Any) -> Any:
+    """``3.0`` as 3: a whole number written or computed as a float is still an integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    Unknown keys, wrong types and the class's own ``validate()`` rules are all collected.
-    Returns ``None`` when the object could not be built.
+
+def pydantic_type(tp: Any) -> Any:
+    """The strict-mode pydantic annotation for a config field's annotation.
+
+    Strict mode already refuses bools as numbers, numbers as bools and strings as ints, and takes
+    ints for floats; ``to_number``/``to_int`` add the two leniencies config files need. Unions are
+    tried left to right, as written. A nested config dataclass becomes ``Any``: ``parse_fields``
+    parses it on its own, under its own dotted key.
     """
-    dotted = (prefix + ".") if prefix else ""
+    from pydantic import BeforeValidator, Field
+
+    if tp is float:
+        return Annotated[float, BeforeValidator(to_number)]
+    if tp is int:
+        return Annotated[int, BeforeValidator(to_int)]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        members = [pydantic_type(a) for a in args if a is not type(None)]
+        inner = functools.reduce(operator.or_, members)
+        if len(members) > 1:
+            inner = Annotated[inner, Field(union_mode="left_to_right")]
+        return inner | None if type(None) in args else inner
+    if origin in (dict, Mapping):
+        return dict
+    if origin is list:
+        return list[pydantic_type(args[0])] if args else list
+    if dataclasses.is_dataclass(tp):
+        return Any
+    return tp
+
+
+def _init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _required(cls: type) -> set[str]:
+    return {n for n, f in _init_fields(cls).items() if f.default is f.default_factory is dataclasses.MISSING}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _adapter(cls: type) -> Any:
+    """A strict, extra-forbidding pydantic TypeAdapter over ``cls``'s fields, built on first use.
+
+    A TypedDict with every key optional: validation returns exactly the keys given (the dataclass
+    supplies the defaults), and a failed key can be dropped and the rest validated again.
+    """
+    from pydantic import ConfigDict, TypeAdapter
+    from typing_extensions import TypedDict
+
+    hints = _hints(cls)
+    schema = TypedDict(cls.__name__, {n: pydantic_type(hints[n]) for n in _init_fields(cls)}, total=False)
+    schema.__pydantic_config__ = ConfigDict(strict=True, extra="forbid")
+    return TypeAdapter(schema)
+
+
+def rule_error(message: str, key: str = "") -> Exception:
+    """For a pydantic model validator: a broken rule, shown as ``<prefix>[.key]: message``."""
+    from pydantic_core import PydanticCustomError
+
+    return PydanticCustomError("rule", "{rule}", {"rule": message, "key": key})
+
+
+def format_errors(errors: Iterable[Mapping[str, Any]], prefix: str, valid_keys: Iterable[str]) -> list[str]:
+    """pydantic's ``ValidationError.errors()`` as our one-line problems: dotted key, rule, value.
+
+    Errors are grouped by key, so a union field reports once ("expected a number or a string").
+    """
+    dotted = f"{prefix}." if prefix else ""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for err in errors:
+        sub = (err.get("ctx") or {}).get("key") if err["type"] == "rule" else None
+        head = sub or (err["loc"][0] if err["loc"] else None)
+        key = f"{dotted}{head}" if head is not None else prefix or "top level"
+        groups.setdefault(key, []).append(err)
+    return [f"{key}: {_describe(errs, valid_keys)}" for key, errs in groups.items()]
+
+
+def _describe(errs: list[Mapping[str, Any]], valid_keys: Iterable[str]) -> str:
+    err = errs[0]
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown key (valid keys: {', '.join(sorted(valid_keys))})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "rule":
+        return ctx["rule"]
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", err["msg"]))
+    if kind in _BOUNDS:
+        name, op = _BOUNDS[kind]
+        return f"must be {op} {ctx[name]}, got {value!r}"
+    expected = []
+    for e in errs:
+        if e["type"] == "literal_error":
+            text = "one of " + (e.get("ctx") or {}).get("expected", "")
+        else:
+            text = _EXPECTED.get(e["type"].split("_")[0]) or e["msg"].removeprefix("Input should be ")
+        if text not in expected:
+            expected.append(text)
+    return f"expected {' or '.join(expected)}, got {value!r}"
+
+
+def parse_fields(cls: type, data: Any, prefix: str, problems: list[str]) -> dict[str, Any] | None:
+    """The keys of ``data`` that are valid for dataclass ``cls``, type-checked, nested config
+    sections built; every problem is appended. A key that fails is left out, so the caller may let
+    its default stand in and go on checking. None when ``data`` is not a mapping."""
+    from pydantic import ValidationError
+
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         problems.append(f"{prefix or 'top level'}: expected a mapping, got {data!r}")
         return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs: dict[str, Any] = {}
-    unknown = False
+    dotted = f"{prefix}." if prefix else ""
+    fields = _init_fields(cls)
+    data, adapter = dict(data), _adapter(cls)
+    try:
+        values = adapter.validate_python(data)
+    except ValidationError as e:
+        errors = e.errors()
+        problems.extend(format_errors(errors, prefix, fields))
+        bad = {err["loc"][0] for err in errors if err["loc"]}
+        values = adapter.validate_python({k: v for k, v in data.items() if k not in bad})
+    problems.extend(f"{dotted}{name}: required key is missing" for name in sorted(_required(cls) - data.keys()))
+    hints = _hints(cls)
+    for name in list(values):
+        if dataclasses.is_dataclass(hints[name]):
+            section = parse_dataclass(hints[name], values[name], f"{dotted}{name}", problems)
+            if section is None:
+                del values[name]
+            else:
+                values[name] = section
+    return dict(values)
+
+
+def parse_dataclass(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from a mapping, appending problems instead of raising.
+
+    Unknown keys, wrong types and the class's own rules are all collected. Returns ``None`` when
+    the object could not be built or any problem was found.
+    """
     start = len(problems)
-    for k, v in data.items():
-        if k not in fields:
-            valid = ", ".join(sorted(fields))
-            problems.append(f"{dotted}{k}: unknown key (valid keys: {valid})")
-            unknown = True
-            continue
-        kwargs[k] = coerce(v, hints[k], f"{dotted}{k}", problems)
-    typed_ok = not any(": unknown key" not in p for p in problems[start:])
-    before = len(problems)
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{dotted}{name}: required key is missing")
-    if len(problems) > before or not typed_ok:
+    values = parse_fields(cls, data, prefix, problems)
+    if values is None:
         return None
+    known = {k for k in (data or {}) if k in _init_fields(cls)}
+    if not (known | _required(cls)) <= values.keys():
+        return None  # a wrong type or a missing key: the class's rules would only add noise
     # Known keys with the right types: build anyway so the class's own rules are reported too.
     try:
-        obj = cls(**kwargs)
+        obj = cls(**values)
     except ConfigError as e:
-        problems.extend(f"{dotted}{p}" for p in e.problems)
+        problems.extend(f"{prefix}.{p}" if prefix else p for p in e.problems)
         return None
-    except TypeError as e:  # a nested section that failed to parse left a None behind
-        problems.append(f"{prefix or 'top level'}: {e}")
-        return None
-    return None if unknown else obj
+    return obj if len(problems) == start else None
 
 
 def load_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
@@ -187,8 +264,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return conv(obj)
 
 
-class _Validated:
-    """Mixin: run ``_check`` on construction and raise one ConfigError for all problems."""
+class Validated:
+    """Mixin: run ``_check`` on construction and raise one ConfigError for all problems.
+
+    Config dataclasses keep their cross-field rules here, not in pydantic, so a config built in code
+    (a sampled trial, a benchmark on a torch-only box) is checked by the same rules as a parsed one.
+    """
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -210,7 +291,7 @@ def _positive(problems: list[str], **values: Any) -> None:
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Validated):
+class ModelConfig(Validated):
     """Encoder-decoder Transformer shape (Vaswani et al. 2017); vocab sizes come from the data."""
 
     d_model: int = 128
@@ -250,7 +331,7 @@ class ModelConfig(_Validated):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Validated):
+class TrainConfig(Validated):
     """How one model is trained. ``lr`` is the peak learning rate, reached at the end of warmup."""
 
     lr: float = 2e-3
@@ -313,7 +394,7 @@ class TrainConfig(_Validated):
 
 
 @dataclass(frozen=True)
-class TaskConfig(_Validated):
+class TaskConfig(Validated):
     """Which data to train on. ``name`` picks a task from the registry in ``attntune.model.data``.
 
     Fields a task does not use are ignored by it; the task's builder rejects settings it cannot

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,13 +165,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device, bf16: bool):
+def autocast_for(device: torch.device, bf16: bool):
+    """bf16 autocast on a GPU when asked (training, evaluation and latency timing agree); else nothing."""
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
 
-def _optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; biases, LayerNorm parameters and nothing else skip weight decay."""
     decay, no_decay = [], []
     for p in model.parameters():  # tied weights appear once
@@ -193,7 +195,7 @@ def evaluate(
     loss_sum, correct, total = 0.0, 0, 0
     for idx in batch_indices(pairs, train_cfg.batch_size, train_cfg.batch_unit):
         src, tgt_in, tgt_out = (t.to(device) for t in collate(pairs, idx, pad_id))
-        with _autocast(device, train_cfg.bf16):
+        with autocast_for(device, train_cfg.bf16):
             logits = model(src, tgt_in)  # (B, T, V)
         logits = logits.float()
         mask = tgt_out.ne(pad_id)
@@ -216,7 +218,7 @@ def bleu_score(model: Transformer, data: TaskData, n: int, train_cfg: TrainConfi
     for idx in batch_indices(pairs, 128):  # length-sorted, so little padding to decode
         src = collate(pairs, idx, data.pad_id)[0].to(device)
         max_len = train_cfg.max_decode_len or 2 * src.shape[1] + 10
-        with _autocast(device, train_cfg.bf16):
+        with autocast_for(device, train_cfg.bf16):
             out = greedy_decode(model, src, data.tgt_tok.bos_id, data.tgt_tok.eos_id, max_len)
         for i, ids in zip(idx, out, strict=True):
             hyps[i] = data.tgt_tok.decode(ids)
@@ -254,6 +256,254 @@ def _resumable(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainCo
     return old == new
 
 
+@dataclass
+class _Run:
+    """One run's model, optimizer and counters, shared by set-up, resume, the epochs and the checkpoint.
+
+    Why one object: the counters below are exactly what a checkpoint saves and a resume restores;
+    keeping them together is what lets a resumed run continue bit-for-bit where it stopped.
+    """
+
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    data: TaskData
+    device: torch.device
+    model: Transformer
+    optimizer: torch.optim.AdamW
+    n_params: int
+    info: dict[str, Any]  # handed to ``Reporter.start`` and returned in ``TrainResult.info``
+    steps_per_epoch: int  # batches of one epoch-mode epoch: min(batches, max_steps_per_epoch)
+    total_steps: int  # of the whole run, for the learning-rate schedule
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0  # last completed epoch (or round)
+    step: int = 0  # optimizer steps so far
+    tokens: int = 0  # target tokens trained so far, padding excluded
+    position: tuple[int, int] = (1, 0)  # where the batch stream starts (rounds only): (data epoch, batch)
+    loss_ema: float | None = None  # where LossCeiling's average starts
+    stream: _BatchStream | None = None  # rounds only; None: each epoch is one pass over the data
+    ceiling: LossCeiling | None = None
+
+
+@dataclass
+class _EpochStats:
+    """What one epoch's training leaves for its metrics."""
+
+    loss_sum: float  # sum of each step's loss x its target tokens
+    n_tokens: int  # target tokens trained in the epoch, padding excluded
+    lr: float  # learning rate at the end of the epoch
+    elapsed: float  # seconds of training (evaluation excluded)
+
+
+def _check_max_len(model_cfg: ModelConfig, data: TaskData) -> None:
+    """Refuse before training, not at the first too-long batch: the positional table is ``max_len`` long."""
+    longest = max(max(len(s), len(t) - 1) for s, t in data.train)
+    if longest > model_cfg.max_len:
+        raise ConfigError(
+            f"model.max_len: {model_cfg.max_len} is shorter than the longest training sequence "
+            f"({longest} tokens); raise it or lower task.max_tokens"
+        )
+
+
+def _run_info(
+    model: Transformer, count: int, device: torch.device, data: TaskData, cfg: TrainConfig
+) -> dict[str, Any]:
+    """The facts ``Reporter.start`` gets: a search logs them as trial attributes, the CLI prints them."""
+    layers = model.encoder_layers if len(model.encoder_layers) else model.decoder_layers
+    first = layers[0].self_attn
+    return {
+        "n_params": count,
+        "head_dim": first.head_dim,
+        "n_heads": first.n_heads,
+        "n_encoder_layers": len(model.encoder_layers),
+        "n_decoder_layers": len(model.decoder_layers),
+        "device": str(device),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "src_vocab_size": data.src_vocab_size,
+        "tgt_vocab_size": data.tgt_vocab_size,
+        "warmup_steps": cfg.warmup_steps,
+    }
+
+
+def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData) -> _Run:
+    """Threads, device, the seeded model and its optimizer, and the schedule's length: a fresh run."""
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    device = resolve_device(train_cfg.device)
+    _check_max_len(model_cfg, data)
+    torch.manual_seed(train_cfg.seed)  # the model's initial weights, then dropout, follow from the seed
+    model = Transformer(model_cfg, data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id).to(device)
+    count = sum(p.numel() for p in model.parameters())
+    expected = n_params(model_cfg, data.src_vocab_size, data.tgt_vocab_size)
+    assert count == expected, f"n_params formula {expected} != built model {count}"
+    optimizer = make_optimizer(model, train_cfg)
+    n_batches = len(batch_indices(data.train, train_cfg.batch_size, train_cfg.batch_unit))
+    steps_per_epoch = min(n_batches, train_cfg.max_steps_per_epoch or n_batches)
+    return _Run(
+        model_cfg=model_cfg,
+        cfg=train_cfg,
+        data=data,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        n_params=count,
+        info=_run_info(model, count, device, data, train_cfg),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=_total_steps(train_cfg, data, n_batches, steps_per_epoch),
+    )
+
+
+def _resume(run: _Run, ckpt: Path) -> None:
+    """Continue from ``ckpt``'s last completed epoch when it has the same model, data and recipe.
+
+    Restores weights, optimizer, counters, history and the RNG state (dropout), so the run goes on
+    exactly as if it had never stopped; a checkpoint that does not match is ignored with a warning.
+    """
+    state = load_train_state(ckpt)
+    if state is None:
+        return
+    if not _resumable(state, run.model_cfg, run.cfg, run.data):
+        # stacklevel 3: the warning points at the caller of train(), as it did before this helper
+        warnings.warn(
+            f"{ckpt}: checkpoint is from a different model, data or recipe; starting afresh", stacklevel=3
+        )
+        return
+    load_weights(run.model, ckpt)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.history = [dict(h) for h in state["history"]]
+    if "tokens" in state:
+        run.tokens, run.loss_ema = int(state["tokens"]), state.get("loss_ema")
+        run.position = (int(state["stream"][0]), int(state["stream"][1]))
+    else:  # a version-1 state (epoch mode): its epochs' target tokens, from their batches
+        run.tokens = sum(
+            len(run.data.train[i][1]) - 1
+            for e in range(1, run.epoch + 1)
+            for idx in _epoch_batches(run.data, run.cfg, e, run.steps_per_epoch)
+            for i in idx
+        )
+    torch.set_rng_state(state["rng_cpu"])
+    if run.device.type == "cuda" and state.get("rng_cuda"):
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    run.info["resumed_from_epoch"] = run.epoch
+
+
+def _train_step(
+    run: _Run, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, lr: float, epoch: int
+) -> tuple[float, int]:
+    """One optimizer step on one batch at learning rate ``lr``: (its loss, its target tokens).
+
+    The loss is checked before ``backward`` so a NaN or a loss over the ceiling stops the trial before
+    it can spoil the weights (and a checkpoint) any further.
+    """
+    cfg, pad = run.cfg, run.data.pad_id
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    with autocast_for(run.device, cfg.bf16):
+        logits = run.model(src, tgt_in)  # (B, T, V)
+    # (B*T, V) rows: log-softmax over a contiguous last dimension is ~10x faster than over dim 1.
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1),  # (B*T, V)
+        tgt_out.flatten(),  # (B*T,)
+        ignore_index=pad,
+        label_smoothing=cfg.label_smoothing,
+    )
+    value = loss.item()
+    if not math.isfinite(value):
+        raise DivergedError(f"training loss became {value} at epoch {epoch}, step {run.step} (lr {lr:.3g})")
+    if run.ceiling is not None:
+        run.ceiling.update(run.step, value)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    return value, int(tgt_out.ne(pad).sum())
+
+
+def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
+    """Epoch ``epoch``: one pass over its shuffled batches, or in round mode the next round of the stream.
+
+    A round ends once it has trained ``round_tokens`` target tokens or ``round_steps`` steps, so
+    models with different batch sizes get the same budget per reported epoch.
+    """
+    cfg = run.cfg
+    run.model.train()
+    batches: Iterable[list[int]]
+    if run.stream is None:
+        batches = _epoch_batches(run.data, cfg, epoch, run.steps_per_epoch)
+    else:
+        batches, round_start = run.stream, run.step
+    loss_sum, n_tokens = 0.0, 0
+    t0 = time.perf_counter()
+    lr = lr_at(max(run.step, 1), cfg, run.total_steps)
+    for idx in batches:
+        # src (B, S), tgt_in (B, T), tgt_out (B, T): tgt_in shifted right by one against tgt_out
+        batch = collate(run.data.train, idx, run.data.pad_id)
+        src, tgt_in, tgt_out = (t.to(run.device, non_blocking=True) for t in batch)
+        run.step += 1
+        lr = lr_at(run.step, cfg, run.total_steps)
+        value, n = _train_step(run, src, tgt_in, tgt_out, lr, epoch)
+        loss_sum += value * n
+        n_tokens += n
+        if run.stream is not None and (
+            n_tokens >= (cfg.round_tokens or math.inf)
+            or run.step - round_start >= (cfg.round_steps or math.inf)
+        ):
+            break
+    run.tokens += n_tokens
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()  # queued GPU work belongs to this epoch's time
+    return _EpochStats(loss_sum=loss_sum, n_tokens=n_tokens, lr=lr, elapsed=time.perf_counter() - t0)
+
+
+def _epoch_metrics(run: _Run, stats: _EpochStats) -> dict[str, float]:
+    """The epoch's metrics in the order of docs/conventions.md: evaluation first, then the running totals."""
+    cfg = run.cfg
+    val_loss, val_acc = evaluate(run.model, run.data.val, cfg, run.device, run.data.pad_id)
+    metrics: dict[str, float] = {
+        "train_loss": stats.loss_sum / max(stats.n_tokens, 1),
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+    }
+    if cfg.bleu_samples > 0:
+        metrics["val_bleu"] = bleu_score(run.model, run.data, cfg.bleu_samples, cfg, run.device)
+    metrics["lr"] = stats.lr
+    metrics["tokens_per_s"] = stats.n_tokens / stats.elapsed if stats.elapsed > 0 else 0.0
+    metrics["step"] = run.step
+    metrics["tokens"] = run.tokens
+    return metrics
+
+
+def _save_epoch(run: _Run, ckpt: Path, provenance: dict[str, Any] | None) -> None:
+    """Checkpoint after epoch ``run.epoch``: the weights, a loadable config, and all a resume needs."""
+    data = run.data
+    train_state = {
+        "version": TRAIN_STATE_VERSION,
+        "epoch": run.epoch,
+        "step": run.step,
+        "tokens": run.tokens,
+        "stream": list(run.stream.position) if run.stream is not None else [run.epoch + 1, 0],
+        "loss_ema": run.ceiling.ema if run.ceiling is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
+        "history": run.history,
+        "model": to_dict(run.model_cfg),
+        "train": to_dict(run.cfg),
+        "data_fingerprint": data.fingerprint,
+    }
+    save_checkpoint(
+        ckpt,
+        run.model,
+        run_config_dict(run.model_cfg, run.cfg, data, provenance),
+        data.src_tok,
+        data.tgt_tok,
+        train_state=train_state,
+        metadata={"epoch": str(run.epoch), "license": data.license, "attribution": data.attribution},
+    )
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -272,166 +522,35 @@ def train(
     Raises DivergedError as soon as the training loss is NaN or infinite, or once its post-warmup
     average is above ``loss_ceiling`` (see LossCeiling).
     """
-    if train_cfg.num_threads:
-        torch.set_num_threads(train_cfg.num_threads)
-    device = resolve_device(train_cfg.device)
-    longest = max(max(len(s), len(t) - 1) for s, t in data.train)
-    if longest > model_cfg.max_len:
-        raise ConfigError(
-            f"model.max_len: {model_cfg.max_len} is shorter than the longest training sequence "
-            f"({longest} tokens); raise it or lower task.max_tokens"
-        )
-    torch.manual_seed(train_cfg.seed)
-    model = Transformer(model_cfg, data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id).to(device)
-    count = sum(p.numel() for p in model.parameters())
-    expected = n_params(model_cfg, data.src_vocab_size, data.tgt_vocab_size)
-    assert count == expected, f"n_params formula {expected} != built model {count}"
-    optimizer = _optimizer(model, train_cfg)
-
-    first = model.encoder_layers[0].self_attn if len(model.encoder_layers) else model.decoder_layers[0].self_attn
-    info = {
-        "n_params": count,
-        "head_dim": first.head_dim,
-        "n_heads": first.n_heads,
-        "n_encoder_layers": len(model.encoder_layers),
-        "n_decoder_layers": len(model.decoder_layers),
-        "device": str(device),
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "src_vocab_size": data.src_vocab_size,
-        "tgt_vocab_size": data.tgt_vocab_size,
-        "warmup_steps": train_cfg.warmup_steps,
-    }
-
-    n_batches = len(batch_indices(data.train, train_cfg.batch_size, train_cfg.batch_unit))
-    steps_per_epoch = min(n_batches, train_cfg.max_steps_per_epoch or n_batches)
-    total_steps = _total_steps(train_cfg, data, n_batches, steps_per_epoch)
-    rounds = train_cfg.round_tokens is not None or train_cfg.round_steps is not None
-    history: list[dict[str, float]] = []
-    start_epoch, step, tokens_total, position, loss_ema = 0, 0, 0, (1, 0), None
-
+    run = _setup(model_cfg, train_cfg, data)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and resume:
-        state = load_train_state(ckpt)
-        if state is not None and _resumable(state, model_cfg, train_cfg, data):
-            load_weights(model, ckpt)
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step = int(state["epoch"]), int(state["step"])
-            history = [dict(h) for h in state["history"]]
-            if "tokens" in state:
-                tokens_total, loss_ema = int(state["tokens"]), state.get("loss_ema")
-                position = (int(state["stream"][0]), int(state["stream"][1]))
-            else:  # a version-1 state (epoch mode): its epochs' target tokens, from their batches
-                tokens_total = sum(
-                    len(data.train[i][1]) - 1
-                    for e in range(1, start_epoch + 1)
-                    for idx in _epoch_batches(data, train_cfg, e, steps_per_epoch)
-                    for i in idx
-                )
-            torch.set_rng_state(state["rng_cpu"])
-            if device.type == "cuda" and state.get("rng_cuda"):
-                torch.cuda.set_rng_state_all(state["rng_cuda"])
-            info["resumed_from_epoch"] = start_epoch
-        elif state is not None:
-            warnings.warn(f"{ckpt}: checkpoint is from a different model, data or recipe; starting afresh", stacklevel=2)
+        _resume(run, ckpt)
     if reporter is not None:
-        reporter.start(dict(info))
+        reporter.start(dict(run.info))
 
-    pad = data.pad_id
+    if train_cfg.round_tokens is not None or train_cfg.round_steps is not None:
+        run.stream = _BatchStream(data, train_cfg, run.steps_per_epoch, run.position)
+    if train_cfg.loss_ceiling:
+        run.ceiling = LossCeiling(train_cfg.loss_ceiling, train_cfg.warmup_steps, run.loss_ema)
     stopped = False
-    stream = _BatchStream(data, train_cfg, steps_per_epoch, position) if rounds else None
-    ceiling = LossCeiling(train_cfg.loss_ceiling, train_cfg.warmup_steps, loss_ema) if train_cfg.loss_ceiling else None
-    for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
-        model.train()
-        if stream is None:
-            batches = _epoch_batches(data, train_cfg, epoch, steps_per_epoch)
-        else:
-            batches, round_start = stream, step
-        loss_sum, n_tokens = 0.0, 0
-        t0 = time.perf_counter()
-        lr = lr_at(max(step, 1), train_cfg, total_steps)
-        for idx in batches:
-            src, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in collate(data.train, idx, pad))
-            step += 1
-            lr = lr_at(step, train_cfg, total_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with _autocast(device, train_cfg.bf16):
-                logits = model(src, tgt_in)  # (B, T, V)
-            # (B*T, V) rows: log-softmax over a contiguous last dimension is ~10x faster than over dim 1.
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1),
-                tgt_out.flatten(),
-                ignore_index=pad,
-                label_smoothing=train_cfg.label_smoothing,
-            )
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergedError(f"training loss became {value} at epoch {epoch}, step {step} (lr {lr:.3g})")
-            if ceiling is not None:
-                ceiling.update(step, value)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            n = int(tgt_out.ne(pad).sum())
-            loss_sum += value * n
-            n_tokens += n
-            if stream is not None and (
-                n_tokens >= (train_cfg.round_tokens or math.inf) or step - round_start >= (train_cfg.round_steps or math.inf)
-            ):
-                break
-        tokens_total += n_tokens
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, data.val, train_cfg, device, pad)
-        metrics: dict[str, float] = {
-            "train_loss": loss_sum / max(n_tokens, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-        }
-        if train_cfg.bleu_samples > 0:
-            metrics["val_bleu"] = bleu_score(model, data, train_cfg.bleu_samples, train_cfg, device)
-        metrics["lr"] = lr
-        metrics["tokens_per_s"] = n_tokens / elapsed if elapsed > 0 else 0.0
-        metrics["step"] = step
-        metrics["tokens"] = tokens_total
-        history.append(metrics)
+    for epoch in range(run.epoch + 1, train_cfg.epochs + 1):
+        stats = _train_epoch(run, epoch)
+        run.epoch = epoch
+        metrics = _epoch_metrics(run, stats)
+        run.history.append(metrics)
         if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                model,
-                run_config_dict(model_cfg, train_cfg, data, provenance),
-                data.src_tok,
-                data.tgt_tok,
-                train_state={
-                    "version": TRAIN_STATE_VERSION,
-                    "epoch": epoch,
-                    "step": step,
-                    "tokens": tokens_total,
-                    "stream": list(stream.position) if stream is not None else [epoch + 1, 0],
-                    "loss_ema": ceiling.ema if ceiling is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "history": history,
-                    "model": to_dict(model_cfg),
-                    "train": to_dict(train_cfg),
-                    "data_fingerprint": data.fingerprint,
-                },
-                metadata={"epoch": str(epoch), "license": data.license, "attribution": data.attribution},
-            )
+            _save_epoch(run, ckpt, provenance)
         if reporter is not None and reporter.report(epoch, dict(metrics)):
             stopped = True
             break
+    model = run.model
     model.eval()
     return TrainResult(
-        history=history,
-        epochs_run=len(history),
+        history=run.history,
+        epochs_run=len(run.history),
         stopped_early=stopped,
         model=model,
-        n_params=count,
-        info=info,
+        n_params=run.n_params,
+        info=run.info,
     )

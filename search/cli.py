@@ -1,7 +1,8 @@
 """The ``attntune`` command line.
 
-Each command imports its heavy libraries (torch, Optuna, Ray, MLflow) lazily so ``attntune --help``
-is instant. Bad input of any kind ends in one line on stderr and exit code 2 (see ``main``).
+Each command imports its heavy libraries (torch, Optuna, Ray, MLflow, pandas) lazily, with the
+modules that load them (each such import says ``# lazy``), so ``attntune --help`` is instant. Bad
+input of any kind ends in one line on stderr and exit code 2 (see ``main``).
 Commands are added here as thin wrappers around functions in the other modules.
 """
 
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from attntune.model.config import ConfigError, ModelConfig, TrainConfig
+from attntune.search.outcome import FINISHED_STATES, TrialState
+from attntune.search.study_store import find_output, reading, study_attrs
 
 app = typer.Typer(
     name="attntune",
@@ -49,7 +54,7 @@ def train(
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
 ) -> None:
     """Train one model from a config file (the schema `attntune export` writes)."""
-    from attntune.search.train_cmd import run_train
+    from attntune.search.train_cmd import run_train  # lazy: heavy (torch)
 
     run_train(
         config,
@@ -68,7 +73,7 @@ def translate(
     beam_size: Annotated[int, typer.Option("--beam-size")] = 1,
 ) -> None:
     """Translate sentences with a trained checkpoint."""
-    from attntune.search.train_cmd import run_translate
+    from attntune.search.train_cmd import run_translate  # lazy: heavy (torch)
 
     run_translate(checkpoint, text, beam_size=beam_size)
 
@@ -85,12 +90,12 @@ def _print_best(result: Any) -> None:
     counts = t["state"].value_counts().to_dict() if len(t) else {}
     console.print(
         f"[bold]{job.name}[/bold]: {len(t)} trials "
-        + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"))
+        + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in FINISHED_STATES)
     )
     if result.best is None:
-        from attntune.search.results import feasible
+        from attntune.search.results import feasible  # lazy: pandas
 
-        done = t[t["state"] == "COMPLETE"] if len(t) else t
+        done = t[t["state"] == TrialState.COMPLETE] if len(t) else t
         if len(done) and "feasible" in done and not feasible(done).any():
             console.print(
                 f"{len(done)} trials completed, but none meets the constraints "
@@ -142,8 +147,8 @@ def run(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
 ) -> None:
     """Run a search job in the foreground."""
-    from attntune.search.job import load_job
-    from attntune.search.run import run_search
+    from attntune.search.job import load_job  # lazy: yaml, spaces, pydantic
+    from attntune.search.run import run_search  # lazy: heavy (optuna, pandas)
 
     if address and not backend:
         backend = "ray"
@@ -163,16 +168,11 @@ def resume(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Continue an interrupted search: completed trials are kept, running ones rerun."""
-    from attntune.search.job import parse_job, parse_yaml_text
-    from attntune.search.results import find_output, load_study
-    from attntune.search.run import run_search
+    from attntune.search.job import parse_job, parse_yaml_text  # lazy: yaml, spaces, pydantic
+    from attntune.search.run import run_search  # lazy: heavy (optuna, pandas)
 
     folder = find_output(name_or_folder)
-    from attntune.search.engine import release_storage
-
-    study = load_study(folder)
-    attrs = study.user_attrs
-    release_storage(study._storage)  # the search opens its own; this read leaves no -wal/-shm behind
+    attrs = study_attrs(folder)  # read and released: the search opens its own
     text = attrs.get("job_yaml")
     if text is None:
         raise UsageError(f"{folder}: the study does not hold its job file")
@@ -201,16 +201,14 @@ def results(
     from rich.console import Console
     from rich.table import Table
 
-    from attntune.search.results import find_output, load_study, results_table
+    # Imported here: results imports pandas, which `attntune --help` must not pay for.
+    from attntune.search.results import results_table  # lazy: pandas
 
-    folder = find_output(name_or_folder)
-    from attntune.search.engine import release_storage
-
-    study = load_study(folder)
-    t = results_table(study)
-    trial_params = {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
-    mode = study.user_attrs.get("mode", "min")
-    release_storage(study._storage)  # read once; leave no -wal/-shm files behind
+    with reading(find_output(name_or_folder)) as study:  # read once; leaves no -wal/-shm files behind
+        t = results_table(study)
+        trial_params = {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
+        mode = study.user_attrs.get("mode", "min")
+        title = f"{study.study_name} ({len(t)} trials)"
     sort = sort or "value"
     if sort not in t.columns:
         raise UsageError(f"--sort: no column {sort!r} (columns: {', '.join(t.columns)})")
@@ -226,7 +224,7 @@ def results(
     if csv:
         sys.stdout.write(t[cols].to_csv(index=False))
         return
-    table = Table(title=f"{study.study_name} ({len(t)} trials)")
+    table = Table(title=title)
     for c in cols:
         table.add_column(c)
     for _, row in t[cols].iterrows():
@@ -259,7 +257,7 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write a search's self-contained HTML report from MLflow and log it to the search run."""
-    from attntune.dashboards.report import report_command
+    from attntune.dashboards.report import report_command  # lazy: heavy (plotly, mlflow)
 
     path = report_command(name_or_folder, search_run=search_run, output=output, tracking_uri=tracking_uri)
     print(f"report: {path}")
@@ -275,7 +273,7 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (default: this machine only).")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the searches' store and print each search experiment's runs table."""
-    from attntune.search.ui import run_ui
+    from attntune.search.ui import run_ui  # lazy: heavy (mlflow)
 
     code = run_ui(port=port, tracking_uri=tracking_uri, host=host)
     sys.exit(code)
@@ -303,8 +301,7 @@ def export(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write the best (or a chosen) trial of a search as a config `attntune train` takes."""
-    from attntune.model.config import ConfigError
-    from attntune.search.export import PickRule, export_config, print_export
+    from attntune.search.export import PickRule, export_config, print_export  # lazy: heavy (mlflow)
 
     rule = None
     if pick is not None or knee or max_params is not None or max_latency_ms is not None:
@@ -342,7 +339,7 @@ def submit(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
 ) -> None:
     """Submit a search as a Ray job (--address) or start it detached here; prints the job id."""
-    from attntune.search.submit import submit as submit_search
+    from attntune.search.submit import submit as submit_search  # lazy: heavy (ray)
 
     done = submit_search(
         job_file,
@@ -374,7 +371,7 @@ def jobs_list(address: JobsAddressOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from attntune.search.submit import format_time, job_rows
+    from attntune.search.submit import format_time, job_rows  # lazy: heavy (ray)
 
     rows = job_rows(address)
     table = Table(title=f"{len(rows)} jobs")
@@ -391,7 +388,7 @@ def jobs_status(
     address: JobsAddressOpt = None,
 ) -> None:
     """Print a job's status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    from attntune.search.submit import job_status
+    from attntune.search.submit import job_status  # lazy: heavy (ray)
 
     status, message = job_status(job_id, address)
     print(status)
@@ -406,7 +403,7 @@ def jobs_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
     """Print a job's output (the search's progress lines and errors)."""
-    from attntune.search.submit import job_logs
+    from attntune.search.submit import job_logs  # lazy: heavy (ray)
 
     job_logs(job_id, address, follow)
 
@@ -418,7 +415,7 @@ def jobs_stop(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is sent.")] = False,
 ) -> None:
     """Stop a job with SIGTERM: its running trials end KILLED; `attntune resume` continues it."""
-    from attntune.search.submit import job_stop
+    from attntune.search.submit import job_stop  # lazy: heavy (ray)
 
     print(job_stop(job_id, address, wait=not no_wait))
 
@@ -430,8 +427,6 @@ def _int_fields() -> set[str]:
     """Dotted names of the integer fields of ModelConfig and TrainConfig."""
     import dataclasses
 
-    from attntune.model.config import ModelConfig, TrainConfig
-
     return {
         f"{prefix}.{f.name}"
         for prefix, cls in (("model", ModelConfig), ("train", TrainConfig))
@@ -441,8 +436,6 @@ def _int_fields() -> set[str]:
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from attntune.model.config import ConfigError
-
     # A DataError exists only if attntune.model.data was imported: importing it here would load
     # torch (seconds) just to print a job file's error line.
     data = sys.modules.get("attntune.model.data")

@@ -3,7 +3,8 @@
 Why MLflow only: the MLflow store outlives the search's output folder (it may be a shared server,
 the search may have run on another machine, on either backend), so everything needed is read from
 the search's parent run (params ``metric``/``mode``/``max_epochs``, the ``job.yaml`` artifact, tags)
-and its child runs (``model.*``/``train.*`` params, ``best_<metric>``, ``attntune.state``).
+and its child runs (``model.*``/``train.*`` params, ``best_<metric>``, ``attntune.state``), through
+``records``, the read model the report shares (so both agree on the best trial and the front).
 
 The file is deterministic (fixed key order, no timestamps): two exports of one search are
 byte-identical, so an exported config can be committed and diffed.
@@ -12,7 +13,6 @@ byte-identical, so an exported config can be committed and diffed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import typing
@@ -31,30 +31,29 @@ from attntune.model.config import (
     load_dataclass,
     to_dict,
 )
-from attntune.search.job import TrackingConfig
-from attntune.search.tracking import TAG_KIND, TAG_STATE, TAG_TRIAL, check_tracking_uri
+from attntune.search.job import parse_job, parse_yaml_text
+from attntune.search.outcome import TrialState, finite
+from attntune.search.pareto import knee_index, to_min
+from attntune.search.records import (
+    RecordsError,
+    SearchData,
+    TrialRecord,
+    artifact_text,
+    best_trial,
+    find_search_run,
+    objective_vector,
+    open_store,
+    pareto_front,
+    read_search,
+    resolve_uri,
+)
 
-SEARCH_FILTER = f"tags.`{TAG_KIND}` = 'search'"
-EXPORTABLE_STATES = ("COMPLETE", "PRUNED")
+EXPORTABLE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 PACKAGES = ("attntune", "torch", "optuna", "mlflow")
 
 
-class ExportError(ConfigError):
-    """The export cannot be done as asked (no such experiment/search/trial, bad output path)."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One child run of a search, as export sees it."""
-
-    run_id: str
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, str]
-    failure: str | None = None
-    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    feasible: bool = True
+class ExportError(RecordsError):
+    """The export cannot be done as asked (no such trial, nothing on the front, bad output path)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Export:
     """What ``export_config`` wrote and how to train it."""
 
     path: Path
-    trial: Trial
+    trial: TrialRecord
     search_run_id: str
     metric: str
     document: dict[str, Any]
@@ -72,104 +71,12 @@ class Export:
         return f"attntune train {self.path}"
 
 
-# --------------------------------------------------------------------------- store access
+# --------------------------------------------------------------------------- choosing the trial
 
 
-def resolve_uri(tracking_uri: str | None) -> str:
-    """``--tracking-uri``, then MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db`` (as searches do)."""
-    return TrackingConfig(uri=tracking_uri).resolved_uri()
-
-
-def open_store(uri: str) -> Any:
-    """An MlflowClient on an existing store; a missing SQLite file is an error, never created."""
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path not in ("", ":memory:") and not Path(path).expanduser().is_file():
-            raise ExportError(
-                f"tracking uri {uri}: no MLflow store there ({path} does not exist); "
-                "run the export where the search ran or pass --tracking-uri"
-            )
-    check_tracking_uri(uri)
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def find_search_run(client: Any, experiment: str, search_run: str | None = None) -> Any:
-    """The search's parent run: ``search_run`` if given, else the most recent in ``experiment``."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        hint = f" (experiments: {', '.join(names)})" if names else " (the store has no experiments)"
-        raise ExportError(f"--experiment {experiment}: no such MLflow experiment{hint}")
-    if search_run:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = client.get_run(search_run)
-        except MlflowException:
-            raise ExportError(f"--search-run {search_run}: no such run in {experiment}") from None
-        if run.info.experiment_id != exp.experiment_id or run.data.tags.get(TAG_KIND) != "search":
-            raise ExportError(f"--search-run {search_run}: not an attntune search run of experiment {experiment}")
-        return run
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=SEARCH_FILTER, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    if not runs:
-        raise ExportError(f"--experiment {experiment}: holds no attntune search run (tag {TAG_KIND}=search)")
-    return runs[0]
-
-
-def child_runs(client: Any, parent: Any) -> list[Any]:
-    """Every child run of the search (all pages)."""
-    out: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def trial_of(client: Any, run: Any, metric: str, mode: str) -> Trial | None:
-    """A child run as a Trial; its value is ``best_<metric>``, else the best finite epoch value."""
-    tags = run.data.tags
-    if tags.get(TAG_TRIAL) is None:
-        return None
-    value = _finite(run.data.metrics.get(f"best_{metric}"))
-    if value is None and metric in run.data.metrics:
-        hist = [_finite(m.value) for m in client.get_metric_history(run.info.run_id, metric)]
-        vals = [v for v in hist if v is not None]
-        value = (min(vals) if mode == "min" else max(vals)) if vals else None
-    return Trial(
-        run_id=run.info.run_id,
-        number=int(tags[TAG_TRIAL]),
-        state=tags.get(TAG_STATE, run.info.status),
-        value=value,
-        params=dict(run.data.params),
-        failure=tags.get("failure_reason"),
-        metrics=dict(run.data.metrics),
-        feasible=tags.get("feasible", "true") != "false",
-    )
-
-
-def pick_trial(trials: list[Trial], mode: str, number: int | None, metric: str, search_id: str) -> Trial:
-    """Trial ``number``, or the best COMPLETE, feasible trial (NaN/inf never win; ties go to the
-    lower number)."""
+def pick_trial(trials: list[TrialRecord], mode: str, number: int | None, metric: str, search_id: str) -> TrialRecord:
+    """Trial ``number`` (COMPLETE or PRUNED), or the best trial (``records.best_trial``: COMPLETE,
+    feasible, NaN/inf never win, ties go to the lower number)."""
     if number is not None:
         match = [t for t in trials if t.number == number]
         if not match:
@@ -184,21 +91,19 @@ def pick_trial(trials: list[Trial], mode: str, number: int | None, metric: str, 
                 f"--trial {number}: trial {number} is {t.state}{why}; only COMPLETE or PRUNED trials can be exported"
             )
         return t
-    done = [t for t in trials if t.state == "COMPLETE" and _finite(t.value) is not None]
+    best = best_trial(trials, mode)
+    if best is not None:
+        return best
+    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.score) is not None]
     if not done:
         raise ExportError(
             f"search run {search_id}: no COMPLETE trial with a finite {metric}; pick one with --trial N"
         )
-    # A trial that missed a measured constraint (tag feasible=false) is never the best.
-    feasible = [t for t in done if t.feasible]
-    if not feasible:
-        raise ExportError(
-            f"search run {search_id}: no COMPLETE trial meets the job's constraints (all {len(done)} are "
-            "feasible=false); pick one with --trial N"
-        )
-    done = feasible
-    sign = 1.0 if mode == "min" else -1.0
-    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    # Every such trial missed a measured constraint (tag feasible=false): none is the best.
+    raise ExportError(
+        f"search run {search_id}: no COMPLETE trial meets the job's constraints (all {len(done)} are "
+        "feasible=false); pick one with --trial N"
+    )
 
 
 @dataclass(frozen=True)
@@ -220,42 +125,17 @@ class PickRule:
         return ", then ".join(parts)
 
 
-def objective_vector(t: Trial, objectives: list[tuple[str, str]]) -> list[float] | None:
-    """A trial's objective values as logged on its run: ``best_<metric>`` for a reported metric
-    (its run's plain ``<metric>`` is the last epoch's value, not the one the search scored), the
-    plain name for static and measured ones (``n_params``, ``flops``, ``latency_ms``)."""
-    out = []
-    for name, _mode in objectives:
-        v = _finite(t.metrics.get(f"best_{name}", t.metrics.get(name)))
-        if v is None and name == "n_params":
-            v = _finite(t.params.get("n_params"))
-        if v is None:
-            return None
-        out.append(v)
-    return out
-
-
-def pareto_front(trials: list[Trial], objectives: list[tuple[str, str]]) -> list[Trial]:
-    """COMPLETE, feasible trials no other such trial dominates, by trial number."""
-    from attntune.search.pareto import front_indices
-
-    done = [(t, objective_vector(t, objectives)) for t in trials if t.state == "COMPLETE" and t.feasible]
-    done = [(t, v) for t, v in done if v is not None]
-    front = front_indices([v for _, v in done], [m for _, m in objectives])
-    return sorted((done[i][0] for i in front), key=lambda t: t.number)
-
-
-def pick_from_front(front: list[Trial], objectives: list[tuple[str, str]], rule: PickRule, search_id: str) -> Trial:
-    """Apply ``rule`` to the front; one clear error when nothing qualifies."""
-    from attntune.search.pareto import knee_index, to_min
-
+def pick_from_front(
+    front: list[TrialRecord], objectives: list[tuple[str, str]], rule: PickRule, search_id: str
+) -> TrialRecord:
+    """Apply ``rule`` to the front (``records.pareto_front``); one clear error when nothing qualifies."""
     if not front:
         raise ExportError(f"search run {search_id}: the Pareto front is empty (no COMPLETE, feasible trial)")
     left = list(front)
     for name, cap in (("n_params", rule.max_params), ("latency_ms", rule.max_latency_ms)):
         if cap is None:
             continue
-        have = [(t, _finite(t.metrics.get(name, t.params.get(name)))) for t in left]
+        have = [(t, finite(t.metrics.get(name, t.params.get(name)))) for t in left]
         known = [v for _, v in have if v is not None]
         if not known:
             raise ExportError(f"--pick: the trials of search run {search_id} have no {name}")
@@ -319,22 +199,14 @@ def _section(cls: type, base: Any, params: dict[str, str], prefix: str) -> dict[
     return values
 
 
-def _job_of(client: Any, parent: Any) -> Any:
-    """The search job from the parent's ``job.yaml`` artifact (None when it cannot be read)."""
-    import tempfile
-
-    from attntune.search.job import parse_job, parse_yaml_text
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory(prefix="attntune-export-") as tmp:
-        try:
-            local = client.download_artifacts(parent.info.run_id, "job.yaml", tmp)
-            text = Path(local).read_text(encoding="utf-8")
-        except Exception:  # noqa: BLE001 - any store problem: the caller reports a missing job.yaml
-            return None, None
-    data = parse_yaml_text(text, f"run {parent.info.run_id} job.yaml")
+def _job_of(client: Any, run_id: str) -> Any:
+    """The search job from the parent's ``job.yaml`` artifact (None, None when it cannot be read)."""
+    text = artifact_text(client, run_id, "job.yaml")
+    if text is None:  # the caller reports the missing job.yaml
+        return None, None
+    data = parse_yaml_text(text, f"run {run_id} job.yaml")
     try:
-        return parse_job(data, text=text, source=f"run {parent.info.run_id} job.yaml"), data
+        return parse_job(data, text=text, source=f"run {run_id} job.yaml"), data
     except ConfigError:
         # The job may name a space file that is gone; the task section is all export needs.
         return None, data
@@ -352,12 +224,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def build_document(client: Any, parent: Any, trial: Trial, experiment: str, uri: str) -> dict[str, Any]:
+def build_document(client: Any, search: SearchData, trial: TrialRecord, experiment: str) -> dict[str, Any]:
     """The ``train`` config: task / model / train / provenance, validated by RunConfig."""
-    params = parent.data.params
-    tags = parent.data.tags
-    metric, mode = params.get("metric", "val_loss"), params.get("mode", "min")
-    job, data = _job_of(client, parent)
+    params, tags = search.params, search.tags
+    metric, mode = search.metric, search.mode
+    job, data = _job_of(client, search.parent_run_id)
     if job is not None:
         task, model, train = job.base.task, job.base.model, job.base.train
     elif isinstance(data, dict):
@@ -366,7 +237,7 @@ def build_document(client: Any, parent: Any, trial: Trial, experiment: str, uri:
         model = load_dataclass(ModelConfig, data.get("model") or {}, "model")
         train = load_dataclass(TrainConfig, {k: v for k, v in (data.get("train") or {}).items() if k != "epochs"}, "train")
     else:
-        raise ExportError(f"search run {parent.info.run_id}: has no job.yaml artifact, so the task is unknown")
+        raise ExportError(f"search run {search.parent_run_id}: has no job.yaml artifact, so the task is unknown")
     model_d = _section(ModelConfig, model, trial.params, "model")
     train_d = _section(TrainConfig, train, trial.params, "train")
     max_epochs = params.get("max_epochs")
@@ -377,19 +248,19 @@ def build_document(client: Any, parent: Any, trial: Trial, experiment: str, uri:
     if unit in ("tokens", "steps") and round_size is not None:
         train_d[f"round_{unit}"] = int(float(round_size))
     provenance: dict[str, Any] = {
-        "search_run_id": parent.info.run_id,
+        "search_run_id": search.parent_run_id,
         "trial_run_id": trial.run_id,
         "trial_number": trial.number,
-        "trial_state": trial.state,
+        "trial_state": str(trial.state),  # a plain string: yaml.safe_dump refuses str subclasses
         "experiment": experiment,
         "job": params.get("job_name") or tags.get("attntune.job"),
         "metric": metric,
         "mode": mode,
-        "value": trial.value,
+        "value": trial.score,
         "seed": int(float(params["seed"])) if params.get("seed") is not None else None,
         "data_fingerprint": tags.get("data.fingerprint") or None,
         "data_license": tags.get("data.license") or None,
-        "tracking_uri": uri,
+        "tracking_uri": search.tracking_uri,
         "versions": _versions(),
     }
     doc = {"task": to_dict(task), "model": model_d, "train": train_d, "provenance": provenance}
@@ -400,7 +271,7 @@ def build_document(client: Any, parent: Any, trial: Trial, experiment: str, uri:
     return doc
 
 
-def render(doc: dict[str, Any], search_run_id: str, trial: Trial) -> str:
+def render(doc: dict[str, Any], search_run_id: str, trial: TrialRecord) -> str:
     """Deterministic YAML (fixed key order, no timestamps) with a one-line header."""
     head = (
         f"# attntune train config: trial {trial.number} of search run {search_run_id}\n"
@@ -439,43 +310,39 @@ def export_config(
     """Write the chosen trial's ``train`` config; every check runs before the one write."""
     uri = resolve_uri(tracking_uri)
     client = open_store(uri)
-    parent = find_search_run(client, experiment, search_run)
-    metric = parent.data.params.get("metric", "val_loss")
-    mode = parent.data.params.get("mode", "min")
-    trials = [t for t in (trial_of(client, r, metric, mode) for r in child_runs(client, parent)) if t is not None]
-    objectives = [tuple(x.split(":", 1)) for x in (parent.data.params.get("objectives") or "").split(",") if ":" in x]
+    search = read_search(client, find_search_run(client, experiment, search_run), uri)
+    run_id, metric, objectives = search.parent_run_id, search.metric, search.objectives
     if pick is not None:
         if trial is not None:
             raise ExportError("--pick and --trial: choose one")
         if len(objectives) < 2:
             raise ExportError(
-                f"--pick: search run {parent.info.run_id} has one objective ({metric}); --pick chooses from a "
+                f"--pick: search run {run_id} has one objective ({metric}); --pick chooses from a "
                 "multi-objective search's Pareto front (export the best, or --trial N)"
             )
-        front = pareto_front(trials, objectives)
-        chosen = pick_from_front(front, objectives, pick, parent.info.run_id)
+        front = pareto_front(search.trials, objectives)
+        chosen = pick_from_front(front, objectives, pick, run_id)
     else:
-        chosen = pick_trial(trials, mode, trial, metric, parent.info.run_id)
-    out_tag = parent.data.tags.get("attntune.output")
-    search_output = Path(out_tag) if out_tag else None
+        chosen = pick_trial(search.trials, search.mode, trial, metric, run_id)
+    search_output = search.output
     if output is None:
         if search_output is None:
-            raise ExportError(f"search run {parent.info.run_id}: has no output folder tag; pass --output")
+            raise ExportError(f"search run {run_id}: has no output folder tag; pass --output")
         output = search_output / "best.yaml"
     target = check_output(Path(output), search_output)
-    doc = build_document(client, parent, chosen, experiment, uri)
+    doc = build_document(client, search, chosen, experiment)
     if pick is not None:
         doc["provenance"]["pick"] = str(pick)
         doc["provenance"]["pareto_trials"] = [t.number for t in front]
         doc["provenance"]["objectives"] = {
             name: v for (name, _m), v in zip(objectives, objective_vector(chosen, objectives) or [], strict=False)
         }
-    text = render(doc, parent.info.run_id, chosen)
+    text = render(doc, run_id, chosen)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
-    return Export(path=_shown(target), trial=chosen, search_run_id=parent.info.run_id, metric=metric, document=doc)
+    return Export(path=_shown(target), trial=chosen, search_run_id=run_id, metric=metric, document=doc)
 
 
 def _shown(path: Path) -> Path:
@@ -489,7 +356,7 @@ def _shown(path: Path) -> Path:
 def print_export(result: Export, file: Any = None) -> None:
     out = file or sys.stdout
     t = result.trial
-    value = f"{result.metric}={t.value:.6g}" if t.value is not None else f"{result.metric}=n/a"
+    value = f"{result.metric}={t.score:.6g}" if t.score is not None else f"{result.metric}=n/a"
     print(f"exported trial {t.number} ({t.state}, {value}) of search run {result.search_run_id}", file=out)
     print(f"config: {result.path}", file=out)
     print(f"train it: {result.train_command}", file=out)

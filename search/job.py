@@ -6,10 +6,9 @@ so a bad job exits 2 before anything starts (no experiment, no run, no Ray, no f
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,25 +20,30 @@ from attntune.model.config import (
     RunConfig,
     TaskConfig,
     TrainConfig,
-    _Validated,
+    Validated,
     load_dataclass,
     parse_dataclass,
+    parse_fields,
     to_dict,
 )
+from attntune.search.backends import BACKENDS
+from attntune.search.objectives import (
+    METRIC_MODES,
+    REPORTED,
+    Objective,
+    parse_constraints,
+    parse_objectives,
+)
+from attntune.search.schedulers import SCHEDULERS, Scheduler
+from attntune.search.strategies import PRESETS, STRATEGIES, Strategy
 from attntune.spaces.space import Space, load_space
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_OUTPUT_ROOT = "attntune-runs"
-METRIC_MODES = {
-    "train_loss": "min",
-    "val_loss": "min",
-    "val_accuracy": "max",
-    "val_bleu": "max",
-}
 
 
 @dataclass(frozen=True)
-class Budget(_Validated):
+class Budget(Validated):
     """How much to spend: trials, wall time, epochs per trial (min_epochs is the first rung).
 
     A trial's budget may instead be training tokens (``max_tokens``) or optimizer steps
@@ -126,8 +130,6 @@ def budget_in_rounds(budget: Budget, data: dict[str, Any], problems: list[str]) 
     ``data`` is the raw job mapping: a token/step budget replaces epochs, so ``max_epochs`` or
     ``min_epochs`` written next to it, or a round size in the ``train`` section, is a problem.
     """
-    import dataclasses
-
     raw = data.get("budget") if isinstance(data.get("budget"), dict) else {}
     train = data.get("train") if isinstance(data.get("train"), dict) else {}
     for key in ("round_tokens", "round_steps"):
@@ -148,7 +150,7 @@ def budget_in_rounds(budget: Budget, data: dict[str, Any], problems: list[str]) 
     hi, size = getattr(budget, f"max_{unit}"), budget.round_size
     if hi is None or hi <= 0 or size is None or size <= 0 or size > hi:
         return budget  # already reported by Budget._check
-    return dataclasses.replace(budget, max_epochs=-(-hi // size), min_epochs=1, **{f"min_{unit}": size})
+    return replace(budget, max_epochs=-(-hi // size), min_epochs=1, **{f"min_{unit}": size})
 
 
 def parse_duration(value: float | str | None) -> float | None:
@@ -164,7 +166,7 @@ def parse_duration(value: float | str | None) -> float | None:
 
 
 @dataclass(frozen=True)
-class Resources(_Validated):
+class Resources(Validated):
     """Per-trial resources. ``gpus`` may be a fraction (several trials share one GPU)."""
 
     cpus: float = 1.0
@@ -185,7 +187,7 @@ class Resources(_Validated):
 
 
 @dataclass(frozen=True)
-class TrackingConfig(_Validated):
+class TrackingConfig(Validated):
     """Where MLflow runs go. ``uri`` defaults to MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db``."""
 
     uri: str | None = None
@@ -273,18 +275,6 @@ class SearchJob:
         """Constraints on reported or measured values, checked when a trial completes."""
         return tuple(c for c in self.constraints if c.kind != "static")
 
-    @property
-    def output_dir(self) -> Path:
-        return self.output
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.source_text.encode()).hexdigest()[:12]
-
-    def with_overrides(self, **changes: Any) -> SearchJob:
-        from dataclasses import replace
-
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
     def settings(self) -> dict[str, Any]:
         """The job's settings as flat params (for the MLflow parent run)."""
         return {
@@ -359,10 +349,6 @@ def parse_job(
     output: str | Path | None = None,
 ) -> SearchJob:
     """Validate a job mapping; raise one ConfigError naming the file and every problem."""
-    from attntune.search.backends import BACKENDS
-    from attntune.search.schedulers import SCHEDULERS
-    from attntune.search.strategies import PRESETS, STRATEGIES
-
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with at least a 'name' key", source)
@@ -372,8 +358,52 @@ def parse_job(
     tracking = _parse_tracking(raw.tracking, problems)
     if tracking_uri:
         tracking = TrackingConfig(uri=tracking_uri, experiment=tracking.experiment)
+    plan = _plugins(raw, problems)
+    backend_name = backend or raw.backend
+    if backend_name not in BACKENDS:
+        problems.append(f"backend: {backend_name!r} is not a known backend (valid: {', '.join(BACKENDS)})")
+    raw, metric, mode, objectives = _objectives(raw, data, problems)
+    constraints = parse_constraints(raw.constraints, problems)
+    for key, bad, rule in (
+        ("concurrency", raw.concurrency <= 0, "must be > 0"),
+        ("retries", raw.retries < 0, "must be >= 0"),
+        ("max_params", raw.max_params is not None and raw.max_params <= 0, "must be > 0"),
+    ):
+        if bad:
+            problems.append(f"{key}: {rule}, got {getattr(raw, key)}")
+    raw = replace(raw, budget=budget_in_rounds(raw.budget, data, problems))
+    base = _base_config(raw, data, problems)
+    space = None
+    try:
+        space = load_space(raw.space, base)
+    except ConfigError as e:
+        problems.extend(e.problems)
+    problems.extend(_compatibility(plan, space, raw.budget, metric, objectives))
+    if problems:
+        raise ConfigError(problems, source)
+    assert space is not None and mode is not None
+    out = Path(output) if output else Path(raw.output) if raw.output else Path(DEFAULT_OUTPUT_ROOT) / raw.name
+    return SearchJob(
+        name=raw.name, base=base, space=space, strategy=plan.strategy, scheduler=plan.scheduler, budget=raw.budget,
+        metric=metric, mode=mode, concurrency=raw.concurrency, resources=raw.resources, seed=raw.seed,
+        backend=backend_name, tracking=tracking, output=out,
+        max_params=raw.max_params if raw.max_params is not None else space.max_params,
+        retries=raw.retries, description=raw.description, source_text=text, source_path=source,
+        objectives=objectives, constraints=constraints,
+    )  # fmt: skip
 
-    # Strategy / scheduler, with presets.
+
+@dataclass(frozen=True)
+class _Plugins:
+    """The job's strategy and scheduler, presets expanded; None where the name is unknown."""
+
+    strategy: str
+    scheduler: str
+    strat: Strategy | None
+    sched: Scheduler | None
+
+
+def _plugins(raw: _JobFile, problems: list[str]) -> _Plugins:
     strategy, scheduler = raw.strategy, raw.scheduler
     if strategy in PRESETS:
         preset_strategy, preset_scheduler = PRESETS[strategy]
@@ -393,149 +423,85 @@ def parse_job(
         sched = SCHEDULERS.get(scheduler, "scheduler")
     except ConfigError as e:
         problems.extend(e.problems)
-    backend_name = backend or raw.backend
-    if backend_name not in BACKENDS:
-        problems.append(f"backend: {backend_name!r} is not a known backend (valid: {', '.join(BACKENDS)})")
+    return _Plugins(strategy, scheduler, strat, sched)
 
-    # Objectives (several: a multi-objective search), or one metric and mode.
-    from attntune.search.objectives import REPORTED, Objective, parse_constraints, parse_objectives
 
+def _objectives(
+    raw: _JobFile, data: dict[str, Any], problems: list[str]
+) -> tuple[_JobFile, str, str | None, tuple[Objective, ...]]:
+    """(raw, metric, mode, objectives): several objectives make a multi-objective search, whose
+    first reported one is the metric; else the job's one metric and mode."""
     objectives = parse_objectives(raw.objectives, problems)
-    constraints = parse_constraints(raw.constraints, problems)
     metric = raw.metric
     if objectives:
         if "metric" in data or "mode" in data:
             problems.append("metric/mode: a job with objectives takes its metric from them; remove metric and mode")
         first = next((o for o in objectives if o.kind == REPORTED), None)
         if first is not None:
-            metric, raw = first.name, _replace(raw, mode=first.mode)
+            metric, raw = first.name, replace(raw, mode=first.mode)
     mode = raw.mode or METRIC_MODES.get(metric)
     if mode is not None and not objectives:
         objectives = (Objective(metric, mode),)
-    multi = len(objectives) > 1
     if mode is None:
         problems.append(
             f"mode: metric {raw.metric!r} has no default direction; set mode: min or max "
             f"(known metrics: {', '.join(METRIC_MODES)})"
         )
-    if raw.concurrency <= 0:
-        problems.append(f"concurrency: must be > 0, got {raw.concurrency}")
-    if raw.retries < 0:
-        problems.append(f"retries: must be >= 0, got {raw.retries}")
-    if raw.max_params is not None and raw.max_params <= 0:
-        problems.append(f"max_params: must be > 0, got {raw.max_params}")
+    return raw, metric, mode, objectives
 
-    # The fixed settings, epochs set by the budget (a token/step budget: rounds of tokens/steps).
-    raw = _replace(raw, budget=budget_in_rounds(raw.budget, data, problems))
+
+def _base_config(raw: _JobFile, data: dict[str, Any], problems: list[str]) -> RunConfig:
+    """The fixed settings, epochs set by the budget (a token/step budget: rounds of tokens/steps)."""
     base = RunConfig(task=raw.task, model=raw.model, train=raw.train)
     if "epochs" in (data.get("train") or {}):
         problems.append("train.epochs: set budget.max_epochs instead (the search decides epochs)")
+    train = {**to_dict(raw.train), "epochs": raw.budget.max_epochs, **raw.budget.train_overrides()}
     try:
-        base = load_dataclass(
-            RunConfig,
-            {
-                "task": to_dict(raw.task),
-                "model": to_dict(raw.model),
-                "train": {**to_dict(raw.train), "epochs": raw.budget.max_epochs, **raw.budget.train_overrides()},
-            },
-        )
+        return load_dataclass(RunConfig, {"task": to_dict(raw.task), "model": to_dict(raw.model), "train": train})
     except ConfigError as e:
         problems.extend(e.problems)
+        return base
 
-    space = None
-    try:
-        space = load_space(raw.space, base)
-    except ConfigError as e:
-        problems.extend(e.problems)
 
-    # Strategy rules on the space, scheduler rules on the budget.
+def _compatibility(plan: _Plugins, space: Space | None, budget: Budget, metric: str,
+                   objectives: tuple[Objective, ...]) -> list[str]:  # fmt: skip
+    """Strategy rules on the space and the objectives, scheduler rules on the budget."""
+    out: list[str] = []
+    strategy, scheduler, strat, sched = plan.strategy, plan.scheduler, plan.strat, plan.sched
+    multi = len(objectives) > 1
     if strat is not None and space is not None:
-        problems.extend(strat.check(space))
+        out.extend(strat.check(space))
         if not strat.single_objective and not multi:
-            problems.append(f"strategy {strategy!r} is multi-objective; this job has one metric ({metric})")
+            out.append(f"strategy {strategy!r} is multi-objective; this job has one metric ({metric})")
         if multi and not strat.multi_objective:
             multi_ok = ", ".join(n for n in STRATEGIES if STRATEGIES.get(n).multi_objective)
-            problems.append(
+            out.append(
                 f"strategy {strategy!r} is single-objective; this job has {len(objectives)} objectives "
                 f"({', '.join(o.name for o in objectives)}): use one of {multi_ok}"
             )
-    if sched is not None and multi and not sched.multi_objective and sched.judges:
-        problems.append(
-            f"scheduler {scheduler!r} with strategy {strategy!r}: {scheduler} ranks trials on one metric; "
-            f"a job with {len(objectives)} objectives takes scheduler moasha (or none)"
+    if sched is None:
+        return out
+    pair = f"scheduler {scheduler!r} with strategy {strategy!r}"
+    if multi and not sched.multi_objective and sched.judges:
+        out.append(
+            f"{pair}: {scheduler} ranks trials on one metric; a job with {len(objectives)} objectives "
+            "takes scheduler moasha (or none)"
         )
-    if sched is not None and sched.multi_objective and not multi:
-        problems.append(
-            f"scheduler {scheduler!r} with strategy {strategy!r}: {scheduler} ranks several objectives; "
-            f"this job has one ({metric}): use asha"
+    if sched.multi_objective and not multi:
+        out.append(f"{pair}: {scheduler} ranks several objectives; this job has one ({metric}): use asha")
+    if sched.bandit and budget.max_epochs < budget.min_epochs * 3:
+        out.append(
+            f"{pair}: budget.max_epochs ({budget.max_epochs}) must be >= 3 x budget.min_epochs "
+            f"({budget.min_epochs}) so at least one rung can stop a trial" + budget.rounds_note()
         )
-    if sched is not None and sched.bandit and raw.budget.max_epochs < raw.budget.min_epochs * 3:
-        problems.append(
-            f"scheduler {scheduler!r} with strategy {strategy!r}: budget.max_epochs "
-            f"({raw.budget.max_epochs}) must be >= 3 x budget.min_epochs ({raw.budget.min_epochs}) "
-            "so at least one rung can stop a trial"
-            + raw.budget.rounds_note()
-        )
-    if problems:
-        raise ConfigError(problems, source)
-
-    out = Path(output) if output else Path(raw.output) if raw.output else Path(DEFAULT_OUTPUT_ROOT) / raw.name
-    max_params = raw.max_params if raw.max_params is not None else space.max_params
-    return SearchJob(
-        name=raw.name,
-        base=base,
-        space=space,
-        strategy=strategy,
-        scheduler=scheduler,
-        budget=raw.budget,
-        metric=metric,
-        mode=mode,
-        concurrency=raw.concurrency,
-        resources=raw.resources,
-        seed=raw.seed,
-        backend=backend_name,
-        tracking=tracking,
-        output=out,
-        max_params=max_params,
-        retries=raw.retries,
-        description=raw.description,
-        source_text=text,
-        source_path=source,
-        objectives=objectives,
-        constraints=constraints,
-    )
-
-
-def _replace(raw: _JobFile, **changes: Any) -> _JobFile:
-    import dataclasses
-
-    return dataclasses.replace(raw, **changes)
+    return out
 
 
 def _parse_sections(data: dict[str, Any], problems: list[str]) -> _JobFile:
     """Each top-level key on its own, so one bad section does not hide the others' problems.
     A section that fails to parse falls back to its default for the checks that follow."""
-    import dataclasses
-    import typing
-
-    from attntune.model.config import coerce
-
-    hints = typing.get_type_hints(_JobFile)
-    fields = {f.name: f for f in dataclasses.fields(_JobFile)}
-    values: dict[str, Any] = {}
-    for k, v in data.items():
-        if k not in fields:
-            problems.append(f"{k}: unknown key (valid keys: {', '.join(sorted(fields))})")
-            continue
-        before = len(problems)
-        parsed = coerce(v, hints[k], k, problems)
-        if len(problems) == before and not (parsed is None and v is not None):
-            values[k] = parsed
-    if "name" not in data:
-        problems.append("name: required key is missing")
-    values.setdefault("name", str(data.get("name", "search")))
-    if not isinstance(values["name"], str):
-        values["name"] = "search"
+    values = parse_fields(_JobFile, data, "", problems) or {}
+    values.setdefault("name", "search")  # missing or not a string: already reported
     return _JobFile(**values)
 
 

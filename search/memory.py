@@ -30,6 +30,9 @@ import shutil
 import subprocess
 from typing import Any
 
+from attntune.model.config import ModelConfig, TrainConfig, load_dataclass
+from attntune.model.cost import n_params
+
 GiB = 1024**3
 MiB = 1024**2
 
@@ -64,8 +67,6 @@ def estimate_bytes(
     ``max_tokens`` is the longest sequence (source or target, in tokens) a batch can hold.
     ``cuda`` selects bf16 activations (when ``train_cfg.bf16``) and adds the CUDA overhead.
     """
-    from attntune.model.cost import n_params
-
     m = model_cfg
     p = n_params(m, src_vocab, tgt_vocab)
     t = max(1, int(max_tokens))
@@ -183,8 +184,8 @@ def measure_peak_bytes(
     import torch
     import torch.nn.functional as F
 
-    from attntune.model.train import _autocast, _optimizer, resolve_device
-    from attntune.model.transformer import Transformer
+    from attntune.model.train import autocast_for, make_optimizer, resolve_device  # torch: measuring only
+    from attntune.model.transformer import Transformer  # torch: measuring only
 
     device = resolve_device(train_cfg.device)
     t = max(2, int(max_tokens))
@@ -202,10 +203,10 @@ def measure_peak_bytes(
         _reset_peak_rss()  # the peak so far (imports) must not count
         base = _rss_bytes()
     model = Transformer(model_cfg, src_vocab, tgt_vocab, pad_id=0).to(device)
-    opt = _optimizer(model, train_cfg)
+    opt = make_optimizer(model, train_cfg)
     model.train()
     for _ in range(steps):
-        with _autocast(device, train_cfg.bf16):
+        with autocast_for(device, train_cfg.bf16):
             logits = model(src, tgt[:, :-1])
         loss = F.cross_entropy(  # as attntune.model.train computes it: (B*T, V) rows
             logits.float().flatten(0, 1),
@@ -264,8 +265,6 @@ def _main(argv: list[str] | None = None) -> None:
     print the estimate and the measured peak (bytes) of that config as JSON, in this fresh process."""
     import json
     import sys
-
-    from attntune.model.config import ModelConfig, TrainConfig, load_dataclass
 
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and argv is None:
         # A fixed mmap threshold makes glibc return freed large blocks at once, so the peak

@@ -24,9 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attntune.search.job import METRIC_MODES
-
 REPORTED, STATIC, MEASURED = "reported", "static", "measured"
+
+# Metrics the trainer reports every epoch, with the direction that is better.
+METRIC_MODES = {
+    "train_loss": "min",
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_bleu": "max",
+}
 
 # name -> (default mode, kind, what it is)
 KNOWN: dict[str, tuple[str, str, str]] = {

@@ -76,7 +76,7 @@ class AttntuneTranslator(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from attntune.model.checkpoint import load_checkpoint
+        from attntune.model.checkpoint import load_checkpoint  # torch: when MLflow loads the model
 
         config = dict(getattr(context, "model_config", None) or {})
         folder, tmp = _checkpoint_folder(context.artifacts)
@@ -91,7 +91,7 @@ class AttntuneTranslator(PythonModel):
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
         """Translations of ``model_input`` (list of str, str, Series or DataFrame), in order."""
-        from attntune.model.checkpoint import translate
+        from attntune.model.checkpoint import translate  # torch: when MLflow loads the model
 
         params = params or {}
         beam = int(params.get("beam_size") or self.beam_size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from attntune.model.config import ConfigError
@@ -22,9 +22,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
         return obj
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        return lambda obj: self.register(name, obj)
 
     def get(self, name: str, key: str | None = None) -> T:
         try:

@@ -1,14 +1,18 @@
-"""The results table: one row per trial, built from the Optuna study (the source of truth)."""
+"""The results table: one row per trial, built from the Optuna study (the source of truth).
+
+Its best row and Pareto column come from ``outcome.best_of`` / ``outcome.pareto_front``, the
+definitions export and the report use on the MLflow records, so all three agree.
+"""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from attntune.model.config import ConfigError
+from attntune.search.outcome import TrialState, best_of, pareto_front
+from attntune.search.study_store import state_of
 
 BASE_COLUMNS = [
     "number",
@@ -23,33 +27,26 @@ BASE_COLUMNS = [
 ]
 
 
-def state_of(trial: Any) -> str:
-    """Map an Optuna trial to attntune's states (docs/mlflow.md has the table)."""
-    attr = trial.user_attrs.get("attntune_state")
-    name = trial.state.name
-    if attr == "INFEASIBLE":
-        return "INFEASIBLE"
-    if name == "COMPLETE":
-        return "COMPLETE"
-    if name == "PRUNED":
-        return "PRUNED"
-    if name == "FAIL":
-        return "FAILED"
-    return name  # RUNNING / WAITING
+@dataclass(frozen=True)
+class _Ranked:
+    """What ``outcome.best_of`` / ``pareto_front`` need of a study trial or a table row."""
+
+    number: int
+    state: str
+    feasible: bool
+    value: Any
+    key: Any = None  # the table row's index
 
 
 def pareto_numbers(study: Any) -> list[int]:
-    """Trial numbers on the Pareto front of a multi-objective study: COMPLETE trials that met
-    every measured constraint and that no other such trial dominates (search.pareto)."""
-    from attntune.search.pareto import front_indices
-
+    """Trial numbers on the Pareto front of a multi-objective study (``outcome.pareto_front``:
+    COMPLETE trials that met every measured constraint and that no other such trial dominates)."""
     modes = ["min" if d.name == "MINIMIZE" else "max" for d in study.directions]
-    done = [
-        t
+    trials = [
+        _Ranked(t.number, state_of(t), bool(t.user_attrs.get("feasible", True)), t.values)
         for t in study.get_trials(deepcopy=False)
-        if state_of(t) == "COMPLETE" and t.values is not None and t.user_attrs.get("feasible", True)
     ]
-    return sorted(done[i].number for i in front_indices([t.values for t in done], modes))
+    return sorted(t.number for t in pareto_front(trials, modes, lambda t: t.value))
 
 
 def results_table(study: Any) -> pd.DataFrame:
@@ -62,7 +59,7 @@ def results_table(study: Any) -> pd.DataFrame:
         value = t.values[0] if t.values else None
         row = {
             "number": t.number,
-            "state": state_of(t),
+            "state": str(state_of(t)),  # a plain string in the table and results.csv
             "value": value,
             "best": a.get("best_value"),
             "last": a.get("last_value"),
@@ -71,7 +68,7 @@ def results_table(study: Any) -> pd.DataFrame:
             "n_params": a.get("n_params"),
             "head_dim": a.get("head_dim"),
             "attempts": a.get("attempts", 1 if a.get("mlflow_run_id") else 0),
-            "failure_kind": a.get("failure_kind") or ("infeasible" if a.get("attntune_state") == "INFEASIBLE" else None),
+            "failure_kind": a.get("failure_kind") or ("infeasible" if a.get("attntune_state") == TrialState.INFEASIBLE else None),
             "failure": a.get("failure"),
             "run_id": a.get("mlflow_run_id"),
             "host": a.get("host"),
@@ -101,10 +98,10 @@ def results_table(study: Any) -> pd.DataFrame:
 def summary_metrics(table: pd.DataFrame, metric: str, mode: str) -> dict[str, float]:
     counts = table["state"].value_counts().to_dict() if len(table) else {}
     out: dict[str, float] = {
-        "n_complete": counts.get("COMPLETE", 0),
-        "n_pruned": counts.get("PRUNED", 0),
-        "n_failed": counts.get("FAILED", 0),
-        "n_infeasible": counts.get("INFEASIBLE", 0),
+        "n_complete": counts.get(TrialState.COMPLETE, 0),
+        "n_pruned": counts.get(TrialState.PRUNED, 0),
+        "n_failed": counts.get(TrialState.FAILED, 0),
+        "n_infeasible": counts.get(TrialState.INFEASIBLE, 0),
         "n_trials": len(table),
     }
     best = best_row(table, mode)
@@ -123,34 +120,13 @@ def feasible(table: pd.DataFrame) -> pd.Series:
 
 
 def best_row(table: pd.DataFrame, mode: str) -> pd.Series | None:
-    """The best COMPLETE trial; NaN or infinite values never win."""
+    """The best trial's row (``outcome.best_of``: COMPLETE, feasible, NaN/inf never win, ties go
+    to the lower number)."""
     if table.empty:
         return None
-    ok = table["value"].map(lambda v: v is not None and math.isfinite(float(v))) & feasible(table)
-    done = table[(table["state"] == "COMPLETE") & ok]
-    if done.empty:
-        return None
-    idx = done["value"].astype(float).idxmin() if mode == "min" else done["value"].astype(float).idxmax()
-    return done.loc[idx]
-
-
-def find_output(name_or_folder: str, root: str | Path = "attntune-runs") -> Path:
-    """A search's output folder from its path or job name."""
-    p = Path(name_or_folder)
-    if (p / "study.db").exists():
-        return p
-    q = Path(root) / name_or_folder
-    if (q / "study.db").exists():
-        return q
-    raise ConfigError(f"{name_or_folder}: no search found (looked for {p / 'study.db'} and {q / 'study.db'})")
-
-
-def load_study(folder: Path) -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(folder / 'study.db').resolve().as_posix()}"
-    names = optuna.get_all_study_names(storage)
-    if not names:
-        raise ConfigError(f"{folder}: the study storage holds no search")
-    return optuna.load_study(study_name=names[0], storage=storage)
+    rows = [
+        _Ranked(int(n), s, bool(f), v, key)
+        for key, n, s, f, v in zip(table.index, table["number"], table["state"], feasible(table), table["value"], strict=True)
+    ]
+    best = best_of(rows, mode)
+    return None if best is None else table.loc[best.key]

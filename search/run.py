@@ -13,8 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attntune.model.config import ConfigError
+from attntune.dashboards.report import REPORT_FILE, write_report
+from attntune.model.config import ConfigError, to_dict
+from attntune.model.data import build_tsv
+from attntune.search.backends import get_backend
+from attntune.search.backends.base import BackendOptions
+from attntune.search.driver import Driver
 from attntune.search.job import SearchJob
+from attntune.search.progress import Progress
+from attntune.search.results import best_row
+from attntune.search.study_store import optuna_storage_url
+from attntune.search.tracking import check_tracking_uri, is_local_store, runs_address, writable_problem
+from attntune.search.worker import load_task_cached
 
 
 class Terminated(BaseException):
@@ -41,30 +51,31 @@ def check_output_writable(path: Path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"output: {probe} exists and is not a folder")
-    from attntune.search.tracking import writable_problem
-
     problem = writable_problem(probe)  # os.access says yes to root, even under /proc
     if problem:
         raise ConfigError(f"output: {path} is not writable ({probe}: {problem})")
 
 
+def check_join(job: SearchJob) -> None:
+    """``--join`` shares a study across machines, so its runs must go to a tracking server."""
+    uri = job.tracking.resolved_uri()
+    if is_local_store(uri):
+        raise ConfigError(
+            f"--join: tracking uri {uri} is a file on this machine; drivers that share a study log to one "
+            "tracking server (--tracking-uri http://HOST:PORT, see docs/scale-out.md)"
+        )
+
+
 def preflight(job: SearchJob) -> None:
     """Everything that can be checked without writing: output folder and tracking store."""
-    from attntune.search.tracking import check_tracking_uri
-
     check_output_writable(job.output)
     check_tracking_uri(job.tracking.resolved_uri())
     task = job.base.task
     if task.name == "tsv" and task.path:
-        from attntune.model.data import build_tsv
-
         build_tsv(task)  # a missing, empty or undecodable file exits 2 before any worker starts
     if job.backend != "optuna":
         # Bad data must exit 2 before Ray starts (the optuna backend overlaps this load with its
-        # workers' start-up instead; SearchContext.open loads it, cached, either way).
-        from attntune.model.config import to_dict
-        from attntune.search.worker import load_task_cached
-
+        # workers' start-up instead; Driver.open loads it, cached, either way).
         load_task_cached(to_dict(job.base.task))
 
 
@@ -79,40 +90,52 @@ def run_search(
     quiet: bool = False,
     report: bool = True,
 ) -> SearchResult:
-    from attntune.search.backends import get_backend_module
-    from attntune.search.engine import SearchContext
-    from attntune.search.progress import Progress
-    from attntune.search.results import best_row
-
+    """Run (or resume, or join) a search to its budget on the job's backend; with ``report``
+    write the HTML report and log it to the search's parent run."""
     preflight(job)
-    if join or storage:
-        from attntune.search.submit import check_join, optuna_storage_url
-
-        storage = optuna_storage_url(storage) if storage else None
-        if join:
-            check_join(job)
-    module = get_backend_module(job.backend)
-    options: dict[str, Any] = {"gpus": gpus, "address": address}
+    if join:
+        check_join(job)
+    storage = optuna_storage_url(storage) if storage else None
+    backend = get_backend(job.backend)
     # Warm the workers (imports, data) while the driver opens the study and MLflow.
-    prepared = module.prepare(job, options) if hasattr(module, "prepare") else None
-    ctx = SearchContext(job, resume=resume, join=join, storage=storage)
+    prepared = backend.prepare(job, BackendOptions(gpus=gpus, address=address))
     try:
-        ctx.open()
-    except BaseException:
-        if prepared is not None and hasattr(module, "shutdown"):
-            module.shutdown(prepared)
-        raise
-    progress = Progress(ctx, quiet=quiet)
-    exp_id = ctx.tracker.experiment_id
-    _print_runs_address(job, exp_id, quiet)
+        driver = Driver(job, resume=resume, join=join, storage=storage)
+        driver.open()
+        driver.observer = Progress(driver, quiet=quiet)
+        _print_runs_address(job, driver.tracker.experiment_id, quiet)
+        status, code = _drive(driver, backend, prepared)
+    finally:
+        backend.shutdown(prepared)
+    if code:
+        driver.abandon_running()
+        try:
+            driver.finish(status)
+        finally:
+            driver.close()
+        print(
+            f"interrupted ({driver.interrupted}): running trials were ended KILLED; continue with "
+            f"`attntune resume {job.output}`",
+            file=sys.stderr,
+        )
+        sys.exit(code)
+    table = driver.finish(status)
+    warnings = driver.close()
+    if report:
+        _write_report(job, driver, quiet)
+    for w in warnings[:5]:
+        print(f"warning: MLflow write failed: {w}", file=sys.stderr)
+    return SearchResult(job, table, driver.parent_run_id, driver.tracker.experiment_id, best_row(table, job.mode), job.output)
 
+
+def _drive(driver: Driver, backend: Any, prepared: Any) -> tuple[str, int]:
+    """Run the backend under SIGTERM/SIGINT handlers: ("FINISHED", 0), or ("KILLED", 143/130)
+    when interrupted. A signal arriving mid-record waits for the record to be whole."""
     old_term = signal.getsignal(signal.SIGTERM)
     old_int = signal.getsignal(signal.SIGINT)
 
     def on_signal(signum: int, frame: Any) -> None:
-        # Mid-record (a trial's start, report or end being written) the signal waits for the
-        # record to be whole; SearchContext.recording raises it again right after.
-        if ctx.defer_signal(signum):
+        if driver.defer_signal(signum):  # Driver.recording raises it again right after the record
             return
         if signum == signal.SIGTERM:
             raise Terminated()
@@ -121,9 +144,8 @@ def run_search(
     signal.signal(signal.SIGTERM, on_signal)
     if old_int is signal.default_int_handler:
         signal.signal(signal.SIGINT, on_signal)
-    status, code = "FINISHED", 0
     try:
-        module.run(ctx, {**options, "progress": progress, "prepared": prepared})
+        backend.run(driver, prepared)
     except BaseException as e:  # noqa: BLE001 - only an interruption is handled here
         # A signal that lands inside a C extension (Ray's CoreWorker.wait) surfaces as a
         # SystemError whose cause is the interruption: look through the chain.
@@ -131,31 +153,12 @@ def run_search(
         if cause is None:
             raise
         code = 143 if isinstance(cause, Terminated) else 130
-        status = "KILLED"
-        ctx.interrupted = "SIGTERM" if code == 143 else "SIGINT"
+        driver.interrupted = "SIGTERM" if code == 143 else "SIGINT"
+        return "KILLED", code
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
-    if code:
-        ctx.abandon_running()
-        try:
-            ctx.finish(status)
-        finally:
-            ctx.close()
-        print(
-            f"interrupted ({ctx.interrupted}): running trials were ended KILLED; continue with "
-            f"`attntune resume {job.output}`",
-            file=sys.stderr,
-        )
-        sys.exit(code)
-    table = ctx.finish(status)
-    if report:
-        _write_report(ctx, quiet)
-    warnings = ctx.close()
-    for w in warnings[:5]:
-        print(f"warning: MLflow write failed: {w}", file=sys.stderr)
-    best = best_row(table, job.mode)
-    return SearchResult(job, table, ctx.parent_run_id, exp_id, best, job.output)
+    return "FINISHED", 0
 
 
 def _interruption(e: BaseException | None) -> BaseException | None:
@@ -169,24 +172,14 @@ def _interruption(e: BaseException | None) -> BaseException | None:
     return None
 
 
-def _write_report(ctx: Any, quiet: bool) -> None:
-    """The HTML report, when the dashboards package can build one (see attntune.dashboards)."""
+def _write_report(job: SearchJob, driver: Driver, quiet: bool) -> None:
+    """The HTML report (``attntune report``), from MLflow once every write is in."""
     try:
-        from attntune.dashboards.report import write_report_for_context
-    except ImportError:
-        return
-    try:
-        path = write_report_for_context(ctx)
-        if not quiet and path:
+        path = write_report(driver.tracker.uri, driver.parent_run_id, job.output / REPORT_FILE)
+        if not quiet:
             print(f"report: {path}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - a report must never cost the search its results
         print(f"warning: report not written: {type(e).__name__}: {e}", file=sys.stderr)
-
-
-def runs_address(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
-    """Where the runs table is in the MLflow UI (MLflow 3 otherwise opens a GenAI overview)."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else ui
-    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def _print_runs_address(job: SearchJob, exp_id: str, quiet: bool) -> None:

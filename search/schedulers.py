@@ -2,17 +2,28 @@
 
 A scheduler judges trials on their per-epoch reports. ``budget.min_epochs`` is the grace period
 (first rung); ``budget.max_epochs`` the full budget. Bandit schedulers use reduction factor 3.
+
+Two rules every scheduler follows on both backends live here, once, as pure functions:
+
+- the warm-up rule (``wants_decision``): no scheduler judges a report made while the trial's
+  learning rate still warms up (its ``step`` <= ``train.warmup_steps``): such a trial is not yet
+  comparable. The local worker, the driver, Ray's schedulers (``WarmupGate``) and the replay
+  benchmarks all ask it;
+- the MO-ASHA verdict (``moasha_due`` + ``moasha_stops``): the multi-objective successive-halving
+  rule that neither Optuna nor Ray Tune has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from attntune.search.pareto import mo_asha_continues
 from attntune.search.registry import Registry
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover - a type only: job.py imports this module
     from attntune.search.job import Budget
 
 REDUCTION_FACTOR = 3
@@ -27,7 +38,7 @@ class Scheduler:
     bandit: bool = False
     description: str = ""
     judges: bool = True  # False: never stops a trial, so a worker need not wait for a verdict
-    # Decided by the search driver (SearchContext.driver_verdict) on both backends rather than
+    # Decided by the search driver (``moasha_stops``, asked by the driver) on both backends rather than
     # by an Optuna pruner or a Ray scheduler: the multi-objective rule, which neither library has.
     driver_side: bool = False
     multi_objective: bool = False
@@ -142,3 +153,62 @@ SCHEDULERS.register(
     "median",
     Scheduler("median", _median_pruner, _median_ray, description="stop below the median of earlier trials at the same epoch"),
 )
+
+
+# --------------------------------------------------------------------------- the warm-up rule
+
+
+Decide = Sequence[int]  # (first judged epoch, end epoch (exclusive), the trial's warmup_steps)
+
+
+def decision_window(scheduler: Scheduler, budget: Budget, warmup_steps: int) -> tuple[int, int, int] | None:
+    """(first, end, warmup_steps): the scheduler may stop a trial after epochs first <= e < end
+    once its warm-up has ended; None when it never stops trials."""
+    if not scheduler.judges:
+        return None
+    return (budget.min_epochs, budget.max_epochs, int(warmup_steps))
+
+
+def warming_up(step: Any, warmup_steps: Any) -> bool:
+    """Whether a report at optimizer ``step`` came while the learning rate still warmed up."""
+    return step is not None and float(step) <= float(warmup_steps or 0)
+
+
+def wants_decision(decide: Decide | None, epoch: int, metrics: Mapping[str, float] | None = None) -> bool:
+    """Whether the scheduler may stop a trial after this report (``decide`` from
+    ``decision_window``): epochs first <= epoch < end are judged, never during warm-up. The
+    worker waits for the driver's verdict only when this holds, so unjudged epochs cost no round
+    trip; the driver applies the same rule to the same report."""
+    if decide is None or not decide[0] <= epoch < decide[1]:
+        return False
+    warmup = decide[2] if len(decide) > 2 else 0
+    return not warming_up((metrics or {}).get("step"), warmup)
+
+
+# --------------------------------------------------------------------------- MO-ASHA
+
+
+def moasha_due(rungs: Iterable[int], judged_through: int, epoch: int) -> list[int]:
+    """The rungs a judged report at ``epoch`` settles: every rung passed since the trial's last
+    judged report. Rungs passed during warm-up are settled once it ends (successive halving's
+    rule), else a trial whose warm-up outlasts the rungs would never be judged."""
+    return [r for r in rungs if judged_through < r <= epoch]
+
+
+def moasha_stops(
+    due: Iterable[int], me: int, mine: Sequence[float], settled_at: Callable[[int], Iterable[tuple[int, Sequence[float]]]]
+) -> bool:
+    """``moasha``: at each rung settled now, rank every trial settled there (minimisation points:
+    the metric at the rung, then the static cost objectives) and stop trial ``me`` unless it is on
+    the rung's front or among the best 1/3 (``pareto.mo_asha_continues``). ``settled_at(rung)``
+    gives (trial number, point) of the trials settled there; values from warm-up were never
+    settled, so they rank no one. Points are ranked in trial-number order. True = stop."""
+    if not all(math.isfinite(v) for v in mine):
+        return False
+    for rung in due:
+        points = [(n, tuple(p)) for n, p in settled_at(rung) if n != me and all(math.isfinite(v) for v in p)]
+        points = sorted([*points, (me, tuple(mine))], key=lambda np: np[0])
+        at = next(i for i, (n, _) in enumerate(points) if n == me)
+        if not mo_asha_continues([p for _, p in points], at, REDUCTION_FACTOR):
+            return True
+    return False

@@ -161,3 +161,32 @@ STRATEGIES.register(
     "nsga2",
     Strategy("nsga2", _nsga2, multi_objective=True, single_objective=False, description="NSGA-II (multi-objective)"),
 )
+
+
+class ConstraintViolations:
+    """Optuna's ``constraints_func``: the violations of the measured constraints the driver
+    recorded on the trial before telling it (<= 0 satisfied); a trial without them (pruned,
+    failed) counts as satisfying them, as Optuna's samplers only rank complete trials by them.
+    A class, not a closure, so a sampler holding it can be pickled."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, trial: Any) -> list[float]:
+        v = trial.user_attrs.get("constraint_violations")
+        return [float(x) for x in v] if v else [0.0] * self.n
+
+
+def sampler_for(job: Any, seed: int, n_trials: int) -> Any:
+    """The job's sampler with ``seed`` (a joined or resumed driver passes its own, so it does
+    not replay the first driver's draws)."""
+    measured = job.end_constraints
+    ctx = SamplerContext(
+        job.space,
+        seed,
+        n_trials,
+        job.concurrency,
+        n_objectives=len(job.directions),
+        constraints_func=ConstraintViolations(len(measured)) if measured else None,
+    )
+    return STRATEGIES.get(job.strategy).make_sampler(ctx)

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from attntune.model.config import ConfigError
+from attntune.search.job import load_job
+from attntune.search.run import preflight
+from attntune.search.tracking import is_local_store
 
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
 TERMINAL = (SUCCEEDED, FAILED, STOPPED)
@@ -45,40 +48,8 @@ STOP_GRACE_S = 60
 JOBS_DIR_ENV = "ATTNTUNE_JOBS_DIR"
 
 
-# --------------------------------------------------------------------------- team helpers
-
-
-def optuna_storage_url(url: str) -> str:
-    """The Optuna storage URL as SQLAlchemy needs it here.
-
-    SQLAlchemy 2.1 maps ``postgresql://`` to the psycopg 3 driver; attntune's ``postgres`` extra
-    installs psycopg2, so a plain ``postgresql://`` URL gets ``+psycopg2`` when psycopg 3 is absent.
-    """
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            import importlib.util
-
-            if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-                return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
-
-
-def check_join(job: Any) -> None:
-    """``--join`` shares a study across machines, so its runs must go to a tracking server."""
-    from attntune.search.tracking import is_local_store
-
-    uri = job.tracking.resolved_uri()
-    if is_local_store(uri):
-        raise ConfigError(
-            f"--join: tracking uri {uri} is a file on this machine; drivers that share a study log to one "
-            "tracking server (--tracking-uri http://HOST:PORT, see docs/scale-out.md)"
-        )
-
-
 def _server_uri(job: Any, tracking_uri: str | None) -> str:
     """The tracking URI a submitted job will use: a server, or a one-line ConfigError."""
-    from attntune.search.tracking import is_local_store
-
     uri = tracking_uri or job.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ConfigError(
@@ -120,8 +91,6 @@ def submit(
     report: bool = True,
 ) -> Submitted:
     """Validate the job, then hand it to a Ray cluster (``address``) or start it detached here."""
-    from attntune.search.job import load_job
-
     if address:
         backend = backend or "ray"
         if gpus:
@@ -280,8 +249,6 @@ def read_record(job_id: str) -> dict[str, Any] | None:
 
 
 def _submit_local(job: Any, job_file: Path, args: list[str], storage: str | None) -> Submitted:
-    from attntune.search.run import preflight
-
     preflight(job)  # output writable, tracking store reachable, data loads: exit 2 before anything
     if not storage and (job.output / "study.db").exists():
         raise ConfigError(

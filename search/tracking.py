@@ -136,11 +136,6 @@ def _is_locked(e: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or isinstance(e, sqlite3.OperationalError) and "locked" in text
 
 
-def _clean_value(v: Any) -> float:
-    f = float(v)
-    return f  # NaN and inf are stored as they are (MLflow accepts them)
-
-
 class Tracker:
     """Buffered, single-writer MLflow access with explicit run ids (thread-safe)."""
 
@@ -324,7 +319,7 @@ class Tracker:
         items = []
         for k, v in metrics.items():
             try:
-                items.append((str(k), _clean_value(v), ts, int(step)))
+                items.append((str(k), float(v), ts, int(step)))  # NaN and inf as they are (MLflow takes them)
             except (TypeError, ValueError):
                 continue
         if items:
@@ -353,3 +348,9 @@ def _param_str(v: Any) -> str:
     else:
         s = str(v)
     return s[:MAX_PARAM_LEN]
+
+
+def runs_address(tracking_uri: str, experiment_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the runs table is in the MLflow UI (MLflow 3 otherwise opens a GenAI overview)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else ui
+    return f"{base}/#/experiments/{experiment_id}/runs"

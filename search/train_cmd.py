@@ -10,12 +10,16 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
 
 from attntune.model.config import ConfigError, RunConfig, apply_overrides, load_run_config
+from attntune.model.data import load_task
+from attntune.search.production import TrainingRun
 
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_bleu", "lr", "tokens_per_s", "seconds"]
 
@@ -107,10 +111,6 @@ def run_train(
     A relative ``task.path`` is looked up in the current folder first, then next to the config file.
     Returns the output folder.
     """
-    from rich.console import Console
-
-    from attntune.model.data import load_task
-
     config = Path(config)
     run = load_config_file(config, epochs)
     data = load_task(run.task, base_dir=config.parent)
@@ -123,11 +123,6 @@ def run_train(
         + (f"  [{data.attribution}]" if data.attribution else "")
     )
     printer = _EpochPrinter(out, run.train.epochs, console)
-    from contextlib import nullcontext
-
-    from attntune.model.config import ConfigError
-    from attntune.search.production import TrainingRun
-
     if register_as and not track:
         raise ConfigError("--register-as needs tracking (drop --no-tracking)")
     # Checks the store first (exit 2 before any training); the run ends FAILED if training raises.
@@ -164,7 +159,7 @@ def run_train(
 
 def run_translate(checkpoint: Path, texts: list[str], beam_size: int = 1) -> list[str]:
     """Print (and return) one translation per input sentence."""
-    from attntune.model.checkpoint import load_checkpoint, translate
+    from attntune.model.checkpoint import load_checkpoint, translate  # torch: once the input is checked
 
     if beam_size < 1:
         raise ConfigError(f"--beam-size: must be >= 1, got {beam_size}")

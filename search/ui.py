@@ -24,8 +24,8 @@ from typing import Any
 
 from attntune.model.config import ConfigError
 from attntune.search.job import TrackingConfig
-from attntune.search.run import runs_address
-from attntune.search.tracking import TAG_KIND
+from attntune.search.records import SEARCH_FILTER, open_store, search_all, sqlite_path
+from attntune.search.tracking import check_tracking_uri, runs_address
 
 START_TIMEOUT_S = 120.0
 
@@ -42,13 +42,6 @@ class SearchExperiment:
     name: str
     last_start_ms: int
     n_searches: int
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :]
-    return None if path in ("", ":memory:") else Path(path).expanduser()
 
 
 def artifacts_folder(uri: str) -> Path:
@@ -70,35 +63,19 @@ def check_port(host: str, port: int) -> None:
 
 def search_experiments(uri: str) -> list[SearchExperiment]:
     """Experiments with attntune search runs, most recent search first."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     exps = {e.experiment_id: e.name for e in client.search_experiments()}
-    if not exps:
-        return []
     found: dict[str, SearchExperiment] = {}
     ids = list(exps)
-    for i in range(0, len(ids), 100):
-        token = None
-        while True:
-            page = client.search_runs(
-                ids[i : i + 100],
-                filter_string=f"tags.`{TAG_KIND}` = 'search'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1000,
-                page_token=token,
-            )
-            for r in page:
-                eid = r.info.experiment_id
-                prev = found.get(eid)
-                start = int(r.info.start_time or 0)
-                if prev is None:
-                    found[eid] = SearchExperiment(eid, exps.get(eid, eid), start, 1)
-                else:
-                    found[eid] = SearchExperiment(eid, prev.name, max(prev.last_start_ms, start), prev.n_searches + 1)
-            token = page.token
-            if not token:
-                break
+    for i in range(0, len(ids), 100):  # a bounded number of experiment ids per request
+        for r in search_all(client, ids[i : i + 100], SEARCH_FILTER):
+            eid = r.info.experiment_id
+            prev = found.get(eid)
+            start = int(r.info.start_time or 0)
+            if prev is None:
+                found[eid] = SearchExperiment(eid, exps.get(eid, eid), start, 1)
+            else:
+                found[eid] = SearchExperiment(eid, prev.name, max(prev.last_start_ms, start), prev.n_searches + 1)
     return sorted(found.values(), key=lambda e: (-e.last_start_ms, e.name))
 
 
@@ -187,8 +164,6 @@ def run_ui(
     uri = TrackingConfig(uri=tracking_uri).resolved_uri()
     if uri.startswith(("http://", "https://")):
         # A tracking server already serves its own UI.
-        from attntune.search.tracking import check_tracking_uri
-
         check_tracking_uri(uri)
         print(f"{uri} is an MLflow server with its own UI; runs tables:")
         print_addresses(uri.rstrip("/"), uri)

@@ -23,9 +23,18 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from attntune.model.config import (
     ConfigError,
@@ -34,12 +43,16 @@ from attntune.model.config import (
     TrainConfig,
     apply_overrides,
     config_fields,
+    format_errors,
+    parse_fields,
+    pydantic_type,
+    rule_error,
 )
 
 PSEUDO_PARAMS = {"model.head_dim", "model.d_ff_ratio", "model.n_layers"}
 SPACES_DIR = Path(__file__).resolve().parent
-_PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 _MAX_GRID = 100_000
+_Number = pydantic_type(float)  # the config files' number rule: ints and "1e-3" strings, never bools
 
 
 def valid_param_names() -> set[str]:
@@ -215,81 +228,93 @@ def _field_kind(name: str) -> str | None:
     return None
 
 
-def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
-    key = f"space.{name}"
-    if not isinstance(spec, Mapping):
-        if isinstance(spec, list):  # shorthand: a list is a categorical
-            spec = {"choices": spec}
-        else:
-            problems.append(f"{key}: expected a mapping such as {{type: float, low: 1e-4, high: 1e-2}}")
+def _num(v: float) -> str:
+    """A bound as the user wrote it: ``0`` rather than ``0.0``, ``0.01`` as is."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+
+
+class ParamSpec(BaseModel):
+    """One parameter as a space file writes it. The validators hold the rules a range or a choice
+    list must follow, so a space that cannot be sampled is refused before any trial starts."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: _Number | None = None
+    high: _Number | None = None
+    log: bool = False
+    step: Annotated[_Number, Field(gt=0)] | None = None
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = None  # parent parameter -> value or list of values
+
+    @model_validator(mode="before")
+    @classmethod
+    def shorthand(cls, data: Any, info: ValidationInfo) -> Any:
+        """A list is a categorical; a left-out ``type`` comes from the config field's annotation."""
+        if isinstance(data, list):
+            return {"type": "categorical", "choices": data}
+        if not isinstance(data, Mapping):
+            raise rule_error(f"expected a mapping such as {{type: float, low: 1e-4, high: 1e-2}}, got {data!r}")
+        data = dict(data)
+        if "type" not in data:
+            kind = "categorical" if "choices" in data else _field_kind((info.context or {}).get("name", ""))
+            if kind is not None:
+                data["type"] = kind
+        return data
+
+    @field_validator("choices")
+    @classmethod
+    def scalar_choices(cls, choices: list[Any] | None) -> list[Any] | None:
+        """Samplers and MLflow params take scalars only; a repeated choice would skew the draw."""
+        if choices is None:
             return None
-    unknown = sorted(set(spec) - _PARAM_KEYS)
-    if unknown:
-        problems.append(f"{key}.{unknown[0]}: unknown key (valid keys: {', '.join(sorted(_PARAM_KEYS))})")
-        return None
-    ptype = spec.get("type", "categorical" if "choices" in spec else _field_kind(name))
-    if ptype not in ("float", "int", "categorical"):
-        problems.append(f"{key}.type: {ptype!r} is not one of 'float', 'int', 'categorical'")
-        return None
-    when: list[tuple[str, tuple[Any, ...]]] = []
-    w = spec.get("when") or {}
-    if not isinstance(w, Mapping):
-        problems.append(f"{key}.when: expected a mapping of parameter -> value(s)")
-        return None
-    for k, v in w.items():
-        when.append((str(k), tuple(v) if isinstance(v, list) else (v,)))
-    if ptype == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{key}.choices: must be a non-empty list")
-            return None
+        if not choices:
+            raise ValueError("must be a non-empty list")
         if not all(c is None or isinstance(c, bool | int | float | str) for c in choices):
-            problems.append(f"{key}.choices: values must be numbers, strings, booleans or null")
-            return None
+            raise ValueError("values must be numbers, strings, booleans or null")
         if len(set(map(repr, choices))) != len(choices):
-            problems.append(f"{key}.choices: duplicate values in {choices}")
-            return None
-        return Param(name, "categorical", choices=tuple(choices), when=tuple(when))
-    n_before = len(problems)
-    nums: dict[str, float] = {}
-    for k in ("low", "high"):
-        v = spec.get(k)
-        if isinstance(v, str):
-            try:
-                v = float(v)
-            except ValueError:
-                pass
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            problems.append(f"{key}.{k}: expected a number, got {v!r}")
-        else:
-            nums[k] = v
-    step = spec.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or step <= 0):
-        problems.append(f"{key}.step: must be a positive number, got {step!r}")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        problems.append(f"{key}.log: expected true or false, got {log!r}")
-    if len(problems) > n_before:
-        return None
-    low, high = nums["low"], nums["high"]
-    if low > high:
-        problems.append(f"{key}: low={low} > high={high} (low must be <= high)")
-        return None
-    if log and low <= 0:
-        problems.append(f"{key}: log scale needs low > 0, got low={low}")
-        return None
-    if log and step is not None:
-        problems.append(f"{key}: log scale and step cannot be combined")
-        return None
-    if ptype == "int":
-        if not (float(low).is_integer() and float(high).is_integer()):
-            problems.append(f"{key}: an int range needs integer low/high, got {low}..{high}")
-            return None
-        if step is not None and not float(step).is_integer():
-            problems.append(f"{key}.step: an int range needs an integer step, got {step}")
-            return None
-        return Param(name, "int", int(low), int(high), log, int(step) if step else None, when=tuple(when))
-    return Param(name, "float", float(low), float(high), log, float(step) if step else None, when=tuple(when))
+            raise ValueError(f"duplicate values in {choices}")
+        return choices
+
+    @model_validator(mode="after")
+    def range_rules(self) -> ParamSpec:
+        """The rules a sampler needs of a range (one at a time: the first broken one is reported)."""
+        if self.type == "categorical":
+            if self.choices is None:
+                raise rule_error("must be a non-empty list", "choices")
+            return self
+        missing = [k for k in ("low", "high") if getattr(self, k) is None]
+        if missing:
+            raise rule_error(f"a range needs low and high (missing: {', '.join(missing)})")
+        low, high, step = self.low, self.high, self.step
+        if low > high:
+            raise rule_error(f"low={_num(low)} > high={_num(high)} (low must be <= high)")
+        if self.log and low <= 0:
+            raise rule_error(f"log scale needs low > 0, got low={_num(low)}")
+        if self.log and step is not None:
+            raise rule_error("log scale and step cannot be combined")
+        if self.type == "int" and not (low.is_integer() and high.is_integer()):
+            raise rule_error(f"an int range needs integer low/high, got {_num(low)}..{_num(high)}")
+        if self.type == "int" and step is not None and not step.is_integer():
+            raise rule_error(f"an int range needs an integer step, got {_num(step)}", "step")
+        return self
+
+    def to_param(self, name: str) -> Param:
+        when = tuple((str(k), tuple(v) if isinstance(v, list) else (v,)) for k, v in (self.when or {}).items())
+        if self.type == "categorical":
+            return Param(name, "categorical", choices=tuple(self.choices), when=when)
+        conv = int if self.type == "int" else float
+        step = None if self.step is None else conv(self.step)
+        return Param(name, self.type, conv(self.low), conv(self.high), self.log, step, when=when)
+
+
+def parse_param(name: str, spec: Any) -> Param:
+    """One searched parameter from its spec (a mapping, or a list of choices); raise one
+    ConfigError listing every problem, each under ``space.<name>``."""
+    try:
+        return ParamSpec.model_validate(spec, context={"name": name}).to_param(name)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e.errors(), f"space.{name}", ParamSpec.model_fields)) from None
 
 
 def _topological(params: list[Param], problems: list[str]) -> tuple[str, ...]:
@@ -360,19 +385,27 @@ def _check_validity(space_params: list[Param], base: RunConfig, problems: list[s
         )
 
 
+@dataclass(frozen=True)
+class _SpaceFile:
+    """The keys of a space mapping; each parameter is then parsed on its own by ``parse_param``."""
+
+    params: dict[str, Any]
+    max_params: float | None = None
+    description: str = ""
+    name: str | None = None
+
+
 def parse_space(data: Any, base: RunConfig | None = None, name: str = "inline") -> Space:
     """Build and fully check a space from its YAML mapping; raise one ConfigError for all problems."""
     base = base or RunConfig()
     problems: list[str] = []
     if not isinstance(data, Mapping):
         raise ConfigError("space: expected a mapping with a 'params' section or a built-in space name")
-    allowed = {"params", "max_params", "description", "name"}
-    for k in data:
-        if k not in allowed:
-            problems.append(f"space.{k}: unknown key (valid keys: {', '.join(sorted(allowed))})")
-    raw = data.get("params")
-    if not isinstance(raw, Mapping) or not raw:
+    top = parse_fields(_SpaceFile, data, "space", problems) or {}
+    raw = top.get("params")
+    if "params" in top and not raw:
         problems.append("space.params: must be a non-empty mapping of parameter -> distribution")
+    if not raw:
         raise ConfigError(problems)
     valid = valid_param_names()
     params: list[Param] = []
@@ -386,18 +419,13 @@ def parse_space(data: Any, base: RunConfig | None = None, name: str = "inline") 
                     f"{', '.join(sorted(PSEUDO_PARAMS))})"
                 )
             continue
-        p = _parse_param(str(pname), spec, problems)
-        if p is not None:
-            params.append(p)
-    max_params = data.get("max_params")
-    if max_params is not None:
         try:
-            max_params = float(max_params)
-            if max_params <= 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            problems.append(f"space.max_params: must be a positive number, got {data.get('max_params')!r}")
-            max_params = None
+            params.append(parse_param(str(pname), spec))
+        except ConfigError as e:
+            problems.extend(e.problems)
+    max_params = top.get("max_params")
+    if max_params is not None and max_params <= 0:
+        problems.append(f"space.max_params: must be > 0, got {data['max_params']!r}")
     order = _topological(params, problems) if params else ()
     if params:
         _check_validity(params, base, problems)
@@ -406,8 +434,8 @@ def parse_space(data: Any, base: RunConfig | None = None, name: str = "inline") 
     return Space(
         tuple(params),
         max_params,
-        name=str(data.get("name", name)),
-        description=str(data.get("description", "")),
+        name=top.get("name") or name,
+        description=top.get("description", ""),
         _order=order,
     )
 

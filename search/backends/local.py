@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from attntune.search.engine import FAILED, SearchContext, TrialPlan, cpu_threads_per_trial
-from attntune.search.worker import TrialOutcome, wants_decision
+from attntune.model.config import to_dict
+from attntune.search.backends.base import BackendOptions, Driving, cpu_threads_per_trial, trial_spec
+from attntune.search.faults import FAULTS_ENV
+from attntune.search.job import SearchJob
+from attntune.search.outcome import RunningTrial, failed
+from attntune.search.schedulers import wants_decision
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Worker:
     process: Any = None
     conn: Connection | None = None
     ready: bool = False
-    plan: TrialPlan | None = None
+    plan: RunningTrial | None = None
     started: float = field(default_factory=time.time)
 
     task: dict[str, Any] | None = None
@@ -120,17 +124,14 @@ MAX_WARM_POOLS = 2
 _WARM: dict[tuple, Pool] = {}
 
 
-def prepare(job: Any, options: dict[str, Any]) -> Pool:
+def prepare(job: SearchJob, options: BackendOptions) -> Pool:
     """Start the workers early: they import torch and load the data while the driver opens the
-    study and MLflow (called by run_search before SearchContext.open).
+    study and MLflow (called by run_search before Driver.open).
 
     With ``ATTNTUNE_KEEP_WORKERS=1`` idle workers outlive a search and serve the next one in the
     same Python process (notebooks, test suites): no second torch import per search.
     """
-    from attntune.model.config import to_dict
-    from attntune.search.worker import FAULTS_ENV
-
-    gpu_ids: list[str] | None = options.get("gpus")
+    gpu_ids = options.gpus
     if gpu_ids is None and job.resources.gpus > 0:
         gpu_ids = visible_gpus()
     gpus_per_trial = job.resources.gpus if job.resources.gpus > 0 else (1.0 if gpu_ids else 0.0)
@@ -178,92 +179,71 @@ def _stop_warm() -> None:
     _WARM.clear()
 
 
-def run(ctx: SearchContext, options: dict[str, Any]) -> None:
-    """Drive the search to its budget with ``concurrency`` local worker processes.
+def run(driver: Driving, pool: Pool) -> None:
+    """Drive the search to its budget with the pool's local worker processes.
 
     With two or more workers the driver keeps one trial planned ahead (asked, its child run
     created) while all workers train, and hands it over the moment a worker reports done, before
-    recording the finished trial: a worker then waits ~2 ms between trials instead of the ~170 ms
-    the driver's Optuna and MLflow writes take. The planned trial is RUNNING in the study like the
-    others (a sampler treats it as one more trial in flight); at one worker nothing is planned
+    recording the finished trial: a worker then waits milliseconds between trials instead of the
+    time the driver's Optuna and MLflow writes take. The planned trial is RUNNING in the study like
+    the others (a sampler treats it as one more trial in flight); at one worker nothing is planned
     ahead, so a sequential search sees every result before its next proposal.
     """
-    progress = options.get("progress")
-    pool: Pool = options.get("prepared") or prepare(ctx.job, options)
     workers, threads = pool.workers, pool.threads
     plan_ahead = len(workers) > 1
-    ahead: TrialPlan | None = None
+    ahead: RunningTrial | None = None
 
-    def dispatch(w: Worker, plan: TrialPlan) -> None:
-        w.plan = plan
-        plan.started = time.time()
-        if progress:
-            progress.trial_started(plan)
-        spec = plan.spec(threads, ctx.checkpoint_dir(plan), ctx.decision_epochs(plan))
-        w.conn.send(spec)
+    def dispatch(w: Worker, rt: RunningTrial) -> None:
+        w.plan = rt
+        driver.launched(rt)
+        w.conn.send(trial_spec(driver, rt, threads))
 
-    try:
-        while True:
-            # Hand trials to idle workers: the one planned ahead first.
-            for w in workers:
-                if w.ready and w.plan is None:
-                    if ahead is not None:
-                        plan, ahead = ahead, None
-                    else:
-                        plan = ctx.next_trial() if ctx.can_launch() else None
-                    if plan is None:
-                        break
-                    dispatch(w, plan)
-            if plan_ahead and ahead is None and all(w.plan is not None for w in workers) and ctx.can_launch():
-                ahead = ctx.next_trial()
-            if ctx.done():
-                break
-            conns = {w.conn: w for w in workers if w.conn is not None}
-            for conn in wait(list(conns), timeout=1.0):
-                w = conns[conn]
-                try:
-                    kind, number, payload = conn.recv()
-                except (EOFError, OSError):
-                    _worker_died(ctx, w, progress)
-                    w.spawn()
-                    continue
-                if kind == "ready":
-                    w.ready = True
-                elif kind == "start":
-                    ctx.on_start(number, {**payload, "worker": w.index}, began=time.time() - float(payload.get("setup_s") or 0.0))
-                elif kind == "report":
-                    epoch, metrics = payload
-                    verdict = wants_decision(ctx.decision_epochs(ctx.running[number]), epoch, metrics)
-                    stop = ctx.on_report(number, epoch, metrics, decide=verdict)
-                    if verdict:
-                        conn.send(stop)
-                    if progress:
-                        progress.trial_epoch(number, epoch, metrics)
-                elif kind == "done":
-                    w.plan = None
-                    if ahead is not None:  # the worker starts before the driver records this trial
-                        dispatch(w, ahead)
-                        ahead = None
-                    _finish(ctx, number, payload, progress)
-            if progress:
-                progress.tick()
-    finally:
-        shutdown(pool)
+    while True:
+        # Hand trials to idle workers: the one planned ahead first.
+        for w in workers:
+            if w.ready and w.plan is None:
+                if ahead is not None:
+                    rt, ahead = ahead, None
+                else:
+                    rt = driver.next_trial() if driver.can_launch() else None
+                if rt is None:
+                    break
+                dispatch(w, rt)
+        if plan_ahead and ahead is None and all(w.plan is not None for w in workers) and driver.can_launch():
+            ahead = driver.next_trial()
+        if driver.done():
+            break
+        conns = {w.conn: w for w in workers if w.conn is not None}
+        for conn in wait(list(conns), timeout=1.0):
+            w = conns[conn]
+            try:
+                kind, number, payload = conn.recv()
+            except (EOFError, OSError):
+                _worker_died(driver, w)
+                w.spawn()
+                continue
+            if kind == "ready":
+                w.ready = True
+            elif kind == "start":
+                began = time.time() - float(payload.get("setup_s") or 0.0)
+                driver.on_start(number, {**payload, "worker": w.index}, began=began)
+            elif kind == "report":
+                epoch, metrics = payload
+                decide = wants_decision(driver.decision_window(driver.running[number]), epoch, metrics)
+                stop = driver.on_report(number, epoch, metrics, decide=decide)
+                if decide:
+                    conn.send(stop)
+            elif kind == "done":
+                w.plan = None
+                if ahead is not None:  # the worker starts before the driver records this trial
+                    dispatch(w, ahead)
+                    ahead = None
+                driver.on_finish(number, payload)
 
 
-def _finish(ctx: SearchContext, number: int, outcome: TrialOutcome, progress: Any) -> None:
-    if outcome.state == FAILED and ctx.retry(number, outcome) is not None:
-        if progress:
-            progress.trial_retry(number, outcome)
-        return
-    state = ctx.on_finish(number, outcome)
-    if progress:
-        progress.trial_finished(number, state, outcome)
-
-
-def _worker_died(ctx: SearchContext, w: Worker, progress: Any) -> None:
+def _worker_died(driver: Driving, w: Worker) -> None:
     """A worker process vanished (killed, host OOM): its trial is FAILED, the search goes on."""
-    plan, w.plan = w.plan, None
+    rt, w.plan = w.plan, None
     if w.conn is not None:
         w.conn.close()
         w.conn = None
@@ -274,17 +254,16 @@ def _worker_died(ctx: SearchContext, w: Worker, progress: Any) -> None:
         except subprocess.TimeoutExpired:
             w.process.kill()
             code = w.process.wait(timeout=5)
-    if plan is None or plan.number not in ctx.running:
+    if rt is None or rt.number not in driver.running:
         return
     sig = -code if code is not None and code < 0 else None
     reason = f"worker process died (signal {signal.Signals(sig).name})" if sig else f"worker process exited with code {code}"
-    outcome = TrialOutcome(
-        FAILED,
-        list(plan.history),
-        len(plan.history),
-        time.time() - plan.started,
-        failure_kind="killed",
-        failure=reason,
-        info=plan.info,
-    )
-    _finish(ctx, plan.number, outcome, progress)
+    driver.on_finish(rt.number, failed(rt.history, time.time() - rt.started, "killed", reason, rt.info))
+
+
+class LocalBackend:
+    """The ``optuna`` backend (``backends.base.Backend``)."""
+
+    prepare = staticmethod(prepare)
+    run = staticmethod(run)
+    shutdown = staticmethod(shutdown)

@@ -14,6 +14,9 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
+from attntune.search.schedulers import wants_decision
+from attntune.search.worker import execute_trial, warm_up
+
 
 def _die_with_parent() -> None:
     """Linux: the worker gets SIGKILL when the driver dies, even by SIGKILL."""
@@ -31,8 +34,6 @@ def main(fd: int, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends us
     conn = Connection(fd)
     task: dict[str, Any] | None = conn.recv()
-    from attntune.search.worker import execute_trial, wants_decision, warm_up
-
     try:
         warm_up(task)
     except Exception:  # noqa: BLE001 - a bad task is reported by the driver itself

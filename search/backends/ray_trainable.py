@@ -2,8 +2,8 @@
 backend) with its reports forwarded to ``ray.tune.report``.
 
 Why a separate module: Ray pickles the trainable by reference, so workers import this module and
-nothing else of the driver's. It imports only the standard library at the top; Ray, torch and
-attntune's training code are imported inside the trial, once per (reused) actor.
+nothing else of the driver's: the trial function (``worker``), which itself loads torch and the
+training code inside the trial, once per (reused) actor.
 
 How a trial talks back to the driver (``ray_backend.TrialEvents`` reads these results):
 
@@ -28,6 +28,9 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from attntune.search.outcome import TrialState
+from attntune.search.worker import execute_trial, warm_up
 
 SECONDS_KEY = "attntune_seconds"
 METRICS_KEY = "attntune_metrics"
@@ -70,12 +73,10 @@ def _mark_resumed_run(spec: dict[str, Any], ray_trial_id: str) -> None:
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune function trainable. ``config`` is the trial spec (``TrialPlan.spec``) plus
+    """The Ray Tune function trainable. ``config`` is the trial spec (``backends.base.trial_spec``) plus
     ``metric`` and ``env``."""
-    import ray
+    import ray  # Ray's runtime: in its actors only (this module is imported by the driver too)
     from ray import tune
-
-    from attntune.search.worker import execute_trial, warm_up
 
     spec = dict(config)
     metric = spec.pop("metric")
@@ -120,7 +121,7 @@ def train_trial(config: dict[str, Any]) -> None:
         return False  # Ray's scheduler decides; the training loop never stops itself
 
     outcome = execute_trial(spec, send)
-    if outcome.state == "FAILED":
+    if outcome.state == TrialState.FAILED:
         failure = {
             "failure_kind": outcome.failure_kind or "exception",
             "failure": outcome.failure or "trial failed",

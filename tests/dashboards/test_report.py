@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from attntune.dashboards.charts import importance_section
-from attntune.dashboards.data import SearchData, SpaceParam, TrialRecord
+from attntune.dashboards.render import build_html
 from attntune.search.job import parse_job
 from attntune.search.pareto import front_indices
+from attntune.search.records import SearchData, SpaceParam, TrialRecord
 from tests.conftest import attntune_cli, sqlite_uri, tiny_job
 
 SECTIONS = ["summary", "history", "curves", "importance", "parallel", "cost", "top-trials"]
@@ -310,3 +311,30 @@ def test_importance_is_computed_from_mlflow_strings() -> None:
     imp = sec.data["importances"]
     assert sec.figure is not None and set(imp) == {"train.lr", "model.n_heads"}
     assert imp["train.lr"] > 0.8 > imp["model.n_heads"]
+
+
+def test_names_and_params_are_escaped_never_live_markup() -> None:
+    """A job name, run name, param or failure reason holding markup shows as text, and JSON in the
+    page's <script> blocks cannot close them early."""
+    evil = "<script>alert(1)</script>"
+    space = [SpaceParam("model.act", "categorical", choices=(evil, "relu"))]
+    trials = [
+        TrialRecord(i, f"r{i}", f"t{i:03d} {evil}", "COMPLETE", 1000 * i, 1000 * i + 1,
+                    {"model.act": evil, "n_params": "1000"}, {"best_val_loss": 1.0 + i}, {"epochs_run": "1"},
+                    [(1, 1.0 + i)])
+        for i in range(2)
+    ]
+    trials.append(TrialRecord(2, "r2", "t002", "FAILED", 3000, 3001, {}, {}, {"failure_reason": f"boom {evil}"}))
+    d = SearchData("sqlite://", "1", f"exp {evil}", "p", "search", "FINISHED", 0, 1,
+                   {"metric": "val_loss", "mode": "min", "job_name": f"job {evil}"}, {}, {}, trials, space)
+    html = build_html(d)
+    assert evil not in html and "alert(1)</script>" not in html
+    shown = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h1>job {shown}</h1>" in html
+    assert f'<span class="muted">t000 {shown}</span>' in html
+    assert f'<td class="num" title="{shown}">{shown}</td>' in html
+    assert f'<td class="reason">boom {shown}</td>' in html
+    data, figures = parse_report(html)
+    assert html.count("<script") == html.count("</script>") == 3 + len(figures)  # plotly, data, figures, draw
+    assert data["header"]["job"] == f"job {evil}" and data["trials"][0]["run_name"] == f"t000 {evil}"
+    assert data["top"][0]["params"] == {"model.act": evil}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from attntune.search.results import load_study
+from attntune.search.study_store import load_study
 from tests.conftest import fresh_store, tiny_job, write_job
 
 N_SEARCHES = 8

@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from attntune.model.config import load_run_config
 from attntune.search.cli import main
-from attntune.search.export import Trial, pick_trial
+from attntune.search.export import pick_trial
 from attntune.search.job import parse_job
+from attntune.search.records import TrialRecord, load_search
 from attntune.search.run import run_search
 from tests.conftest import fresh_store, tiny_job
 
@@ -171,16 +172,29 @@ def test_output_outside_cwd_and_output_folder_exits_2(
 
 
 def test_nan_and_inf_never_win() -> None:
+    def trial(number: int, state: str, score: float) -> TrialRecord:
+        return TrialRecord(number, f"r{number}", f"t{number:03d}", state, score=score)
+
     trials = [
-        Trial("r0", 0, "COMPLETE", float("nan"), {}),
-        Trial("r1", 1, "COMPLETE", float("-inf"), {}),
-        Trial("r2", 2, "COMPLETE", 2.5, {}),
-        Trial("r3", 3, "PRUNED", 0.1, {}),
-        Trial("r4", 4, "COMPLETE", 2.5, {}),
+        trial(0, "COMPLETE", float("nan")),
+        trial(1, "COMPLETE", float("-inf")),
+        trial(2, "COMPLETE", 2.5),
+        trial(3, "PRUNED", 0.1),
+        trial(4, "COMPLETE", 2.5),
     ]
     assert pick_trial(trials, "min", None, "val_loss", "s").number == 2  # ties: the lower number
     assert pick_trial(trials, "max", None, "val_loss", "s").number == 2
     assert pick_trial(trials, "min", 3, "val_loss", "s").number == 3  # a pruned trial on request
+
+
+def test_the_read_model_agrees_with_the_results_table(search: SimpleNamespace) -> None:
+    """MLflow (records) and the study (results) name the same trials, states and best trial."""
+    table = search.result.table
+    data = load_search(search.uri, search.result.parent_run_id, curves=False, space=False)
+    assert {t.number: str(t.state) for t in data.trials} == dict(zip(table["number"], table["state"], strict=True))
+    best = search.result.best
+    assert data.best() is not None and data.best().number == int(best["number"])
+    assert data.best().score == pytest.approx(float(best["value"]), rel=1e-12)
 
 
 def _train_and_register(search: SimpleNamespace, config: Path, capsys: pytest.CaptureFixture) -> str:

@@ -23,8 +23,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from attntune.search.job import parse_job
-from attntune.search.results import load_study
 from attntune.search.run import run_search
+from attntune.search.study_store import load_study
 from tests.conftest import fresh_store, tiny_job
 
 N_TRIALS = 24

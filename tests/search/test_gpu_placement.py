@@ -81,7 +81,7 @@ def test_optuna_backend_pins_workers_to_device_slots(tmp_path: Path, mlflow_temp
     job = _packed_job(tmp_path, mlflow_template, "optuna", 6, concurrency=5)
     result = run_search(job, gpus=["0", "1"], quiet=True, report=False)
     t = result.table
-    from attntune.search.results import load_study
+    from attntune.search.study_store import load_study
 
     workers = {tr.number: tr.user_attrs.get("worker") for tr in load_study(tmp_path / "out").trials}
     t["worker"] = t["number"].map(workers)

@@ -183,3 +183,33 @@ def test_bandit_rule_counts_rounds() -> None:
     assert "budget.max_epochs (2) must be >= 3 x budget.min_epochs (1)" in line
     assert "(a budget in tokens counts rounds of budget.min_tokens=1000: max_tokens=2000 is 2 rounds)" in line
     parse_job(_budget_job({"n_trials": 4, "max_tokens": 3000, "min_tokens": 1000}, scheduler="asha"))
+
+
+# --------------------------------------------------------------------------- the config type rules, in a job
+
+
+def test_problems_in_three_sections_are_all_reported_with_their_keys() -> None:
+    """One bad section does not hide the others: each problem names its dotted key and the value."""
+    line = _problems(
+        tiny_job(
+            budget={"n_trials": True},
+            model={"d_model": "big"},
+            space={"params": {"train.lr": {"type": "float", "low": "x", "high": 1e-2}}},
+        )
+    )
+    assert line == (
+        "job.yaml: 3 problems: budget.n_trials: expected an integer, got True; "
+        "model.d_model: expected an integer, got 'big'; space.train.lr.low: expected a number, got 'x'"
+    )
+
+
+def test_yaml_exponent_strings_are_numbers_and_bools_are_not() -> None:
+    """PyYAML reads ``1e-3`` as a string: it is still a learning rate; ``true`` never is one."""
+    job = parse_job(tiny_job(train={"lr": "1e-3"}, resources={"cpus": 2, "gpus": "5e-1"}))
+    assert job.base.train.lr == 0.001 and job.resources.cpus == 2.0 and job.resources.gpus == 0.5
+    assert _problems(tiny_job(train={"lr": True})) == "job.yaml: train.lr: expected a number, got True"
+
+
+def test_unknown_job_key_names_the_valid_keys() -> None:
+    line = _problems(tiny_job(resources={"gpu": 1}))
+    assert line == "job.yaml: resources.gpu: unknown key (valid keys: cpus, gpus, memory_gb)"

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attntune.search.job import parse_job
-from attntune.search.results import load_study
 from attntune.search.run import run_search
+from attntune.search.study_store import load_study
 from attntune.spaces.space import iter_samples
 from tests.conftest import attntune_cli, fresh_store, tiny_job, write_job
 

@@ -16,7 +16,6 @@ from attntune.model.config import ConfigError
 from attntune.search.export import (
     ExportError,
     PickRule,
-    Trial,
     export_config,
     pareto_front,
     pick_from_front,
@@ -24,8 +23,9 @@ from attntune.search.export import (
 )
 from attntune.search.job import load_job, parse_job
 from attntune.search.pareto import dominates
+from attntune.search.records import TrialRecord, load_search
 from attntune.search.run import SearchResult, run_search
-from attntune.search.worker import wants_decision
+from attntune.search.schedulers import wants_decision
 from tests.conftest import fresh_store, tiny_job, write_job
 
 MAX_PARAMS = 20_000
@@ -89,6 +89,8 @@ def check_pareto_search(result: SearchResult, store: str) -> None:
     assert all(r.data.tags.get("pareto") in ("true", "false") for r in children.values())
     parent = next(r for r in runs if r.data.tags.get("attntune.kind") == "search")
     assert parent.data.tags["pareto_trials"] == ",".join(map(str, front))
+    # The read model computes the same front from MLflow alone.
+    assert [t.number for t in load_search(store, result.parent_run_id, curves=False, space=False).front()] == front
     assert "pareto.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
@@ -123,12 +125,13 @@ def test_optuna_backend_finds_a_constrained_pareto_front_and_stops_trials_early(
         os.chdir(cwd)
 
 
-def _t(number: int, loss: float, params: int, latency: float, state: str = "COMPLETE") -> Trial:
-    return Trial(
-        run_id=f"r{number}",
-        number=number,
-        state=state,
-        value=loss,
+def _t(number: int, loss: float, params: int, latency: float, state: str = "COMPLETE") -> TrialRecord:
+    return TrialRecord(
+        number,
+        f"r{number}",
+        f"t{number:03d}",
+        state,
+        score=loss,
         params={"n_params": str(params)},
         metrics={"best_val_loss": loss, "n_params": float(params), "latency_ms": latency},
     )
@@ -163,9 +166,10 @@ def test_pick_rule_that_nothing_meets_names_the_smallest_value() -> None:
 def test_the_front_scores_a_trial_by_its_best_epoch_not_its_last() -> None:
     """As the search does: a run logs the last epoch's val_bleu and best_val_bleu; export must
     read the best, or a trial whose BLEU fell at the end looks worse than it was scored."""
-    def run(number: int, best: float, last: float, params: int) -> Trial:
+    def run(number: int, best: float, last: float, params: int) -> TrialRecord:
         metrics = {"val_bleu": last, "best_val_bleu": best, "n_params": float(params)}
-        return Trial(f"r{number}", number, "COMPLETE", best, {"n_params": str(params)}, metrics=metrics)
+        return TrialRecord(number, f"r{number}", f"t{number:03d}", "COMPLETE", params={"n_params": str(params)},
+                           metrics=metrics, score=best)
 
     obj = [("val_bleu", "max"), ("n_params", "min")]
     big_good, small_fell, big_poor = run(0, 1.4, 0.3, 3392), run(1, 0.23, 0.23, 3008), run(2, 0.49, 0.41, 8192)
@@ -282,7 +286,7 @@ def test_moasha_settles_the_rungs_a_trial_passed_while_warming_up(tmp_path: Path
     passed unjudged, so each trial is settled there at epoch 2 with its epoch-2 value (a rung-only
     rule would wait for epoch 3), and at rung 3 with its epoch-3 value; the study keeps the values
     it settled them with, and no trial is stopped while warming up."""
-    from attntune.search.results import load_study
+    from attntune.search.study_store import load_study
 
     store = fresh_store(mlflow_template, tmp_path)
     raw = tiny_job(

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from attntune.model.config import ConfigError
 from attntune.search.job import parse_job
-from attntune.search.results import load_study
 from attntune.search.run import SearchResult, run_search
+from attntune.search.study_store import load_study
 from tests.conftest import fresh_store, tiny_job
 
 GRID_SPACE = {"params": {"model.n_heads": [1, 2], "model.head_dim": [8, 16], "train.lr": [3e-3, 1e-2]}}
@@ -34,11 +34,11 @@ WIDE_LR_SPACE = {
 @pytest.fixture(scope="module", autouse=True)
 def ray_session() -> Iterator[None]:
     """One local Ray for the module (2 CPUs, no GPUs whatever the machine has)."""
-    from attntune.search.backends.ray_backend import _loopback_node
+    from attntune.search.backends.ray_session import loopback_node
 
     started = not ray.is_initialized()
     if started:
-        with _loopback_node():
+        with loopback_node():
             ray.init(
                 num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, configure_logging=False
             )
@@ -222,7 +222,7 @@ def test_an_address_where_no_ray_listens_is_refused_at_once() -> None:
     """``ray.init(address=...)`` would retry for minutes; the backend checks the port first."""
     import socket
 
-    from attntune.search.backends.ray_backend import check_address
+    from attntune.search.backends.ray_session import check_address
 
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))

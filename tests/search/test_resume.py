@@ -30,7 +30,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from attntune.search.results import load_study, state_of
+from attntune.search.study_store import load_study, state_of
 from tests.conftest import fresh_store, tiny_job, write_job
 
 NAME = "crash"

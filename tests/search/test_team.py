@@ -24,9 +24,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from attntune.model.config import ConfigError
-from attntune.search.engine import SearchContext
+from attntune.search.driver import Driver
 from attntune.search.job import parse_job
-from attntune.search.worker import TrialOutcome
+from attntune.search.outcome import TrialOutcome
 from tests.conftest import attntune_cli, tiny_job, write_job
 
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -142,21 +142,21 @@ def test_a_joined_driver_shares_budget_and_parent_but_not_running_trials(
 ) -> None:
     """Two drivers in one process stand for two machines (each registers its host and pid)."""
     raw = tiny_job("share", tracking=server, budget={"n_trials": 3, "max_epochs": 1, "min_epochs": 1})
-    first = SearchContext(parse_job({**raw, "output": str(tmp_path / "a")}), storage=study_db)
+    first = Driver(parse_job({**raw, "output": str(tmp_path / "a")}), storage=study_db)
     first.open()
     plan_a = first.next_trial()
-    assert plan_a is not None and first.n_counted() == 1
+    assert plan_a is not None and first.budget.counted() == 1
 
-    joined = SearchContext(parse_job({**raw, "output": str(tmp_path / "b")}), join=True, storage=study_db)
+    joined = Driver(parse_job({**raw, "output": str(tmp_path / "b")}), join=True, storage=study_db)
     joined.open()
     assert joined.parent_run_id == first.parent_run_id
-    assert joined.pending_reruns == []  # the first driver's RUNNING trial is not "left by a dead driver"
-    assert joined.n_counted() == 1  # ... but it uses the shared budget
+    assert joined.pending == []  # the first driver's RUNNING trial is not "left by a dead driver"
+    assert joined.budget.counted() == 1  # ... but it uses the shared budget
     plan_b = joined.next_trial()
     assert plan_b is not None and plan_b.number != plan_a.number
-    assert first.n_counted() == 2
+    assert first.budget.counted() == 2
 
-    def done(ctx: SearchContext, plan) -> None:
+    def done(ctx: Driver, plan) -> None:
         ctx.on_finish(plan.number, TrialOutcome("COMPLETE", [{"epoch": 1, "val_loss": 1.0 + plan.number}], 1, 0.1))
 
     done(joined, plan_b)
@@ -169,7 +169,7 @@ def test_a_joined_driver_shares_budget_and_parent_but_not_running_trials(
     done(first, plan_a)
     plan_c = first.next_trial()
     done(first, plan_c)
-    assert not first.can_launch() and joined.n_counted() == 3  # the budget is spent, for both
+    assert not first.can_launch() and joined.budget.counted() == 3  # the budget is spent, for both
     first.finish()
     first.close()
     parent = client.get_run(first.parent_run_id)
@@ -178,7 +178,7 @@ def test_a_joined_driver_shares_budget_and_parent_but_not_running_trials(
 
     other = parse_job({**raw, "output": str(tmp_path / "c"), "metric": "val_accuracy"})
     with pytest.raises(ConfigError, match="metric"):
-        SearchContext(other, join=True, storage=study_db).open()
+        Driver(other, join=True, storage=study_db).open()
 
 
 def test_two_drivers_finish_the_budget_with_no_trial_done_twice(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from attntune.model.config import ConfigError, RunConfig
-from attntune.spaces.space import builtin_spaces, iter_samples, load_space, make_config, parse_space
+from attntune.spaces.space import (
+    builtin_spaces,
+    iter_samples,
+    load_space,
+    make_config,
+    parse_param,
+    parse_space,
+)
 
 
 @pytest.mark.parametrize("name", ["cpu-small", "gpu-base"])
@@ -121,3 +128,29 @@ def test_fingerprint_changes_with_the_space() -> None:
     b = parse_space({"params": {"model.n_heads": [2, 8]}})
     assert a.fingerprint() != b.fingerprint() and len(a.fingerprint()) == 12
     assert a.fingerprint() == parse_space({"params": {"model.n_heads": [2, 4]}}).fingerprint()
+
+
+def test_one_parameter_parses_alone() -> None:
+    """``parse_param``: a list is a categorical, a left-out type comes from the config field."""
+    assert parse_param("model.n_heads", [2, 4]).choices == (2, 4)
+    depth = parse_param("model.n_layers", {"low": 1, "high": 3.0})
+    assert (depth.type, depth.low, depth.high) == ("int", 1, 3)
+    lr = parse_param("train.lr", {"low": "1e-4", "high": 1e-2, "log": True})
+    assert (lr.type, lr.low, lr.log) == ("float", 1e-4, True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "needles"),
+    [
+        ({"type": "float", "low": "x", "high": True}, ["space.train.lr.low: expected a number, got 'x'", "space.train.lr.high: expected a number, got True"]),
+        ({"low": 1e-4, "high": 1e-2, "step": 0}, ["space.train.lr.step: must be > 0, got 0"]),
+        ({"low": 1e-4, "high": 1e-2, "log": "yes"}, ["space.train.lr.log: expected true or false, got 'yes'"]),
+        ({"low": 1e-4}, ["space.train.lr: a range needs low and high (missing: high)"]),
+        ({"choices": [1e-3, 1e-3]}, ["space.train.lr.choices: duplicate values in [0.001, 0.001]"]),
+        (3, ["space.train.lr: expected a mapping such as {type: float, low: 1e-4, high: 1e-2}, got 3"]),
+    ],
+)
+def test_bad_parameter_names_the_dotted_key_value_and_rule(spec: object, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_param("train.lr", spec)
+    assert e.value.problems == needles

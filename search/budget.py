@@ -1,0 +1,81 @@
+"""What a search may still spend: trials counted against ``budget.n_trials`` and time left.
+
+Counting reads the study (a query and a deserialisation of every trial), so it is cached: in a
+search's own SQLite study the count is read again only after this driver adds a trial; a shared
+study (``--storage``/``--join``), where other drivers add trials, is read every time.
+"""
+
+from __future__ import annotations
+
+import time
+
+from attntune.search.job import SearchJob
+from attntune.search.outcome import TrialState
+from attntune.search.study_store import StudyStore
+
+ATTR_STATE = "attntune_state"
+
+
+def trial_target(job: SearchJob) -> int:
+    """Trials to train: ``n_trials``, or the grid's size when that is smaller."""
+    if job.strategy == "grid":
+        return min(job.budget.n_trials, job.space.grid_size())
+    return job.budget.n_trials
+
+
+class SearchBudget:
+    """Trials and time, for one driver of a study."""
+
+    def __init__(self, job: SearchJob, store: StudyStore, *, shared: bool, joined: bool, started: float):
+        self.job = job
+        self.store = store
+        self.shared = shared  # other drivers may add trials (--storage/--join): never cache the count
+        self.joined = joined  # a joined driver shares the first driver's clock
+        self.started = started
+        self._counted: int | None = None
+        self._clock: tuple[float, float] | None = None
+
+    def target(self) -> int:
+        return trial_target(self.job)
+
+    def forget(self) -> None:
+        """A trial was added to the study: count again next time."""
+        self._counted = None
+
+    def counted(self) -> int:
+        """Trials that used budget: every trial in the study but the INFEASIBLE ones, finished or
+        RUNNING (this driver's and, in a shared study, the other drivers'). A rerun waiting to
+        start is RUNNING in the study, so it is counted once."""
+        if self._counted is not None and not self.shared:
+            return self._counted
+        n = sum(1 for t in self.store.trials() if t.user_attrs.get(ATTR_STATE) != TrialState.INFEASIBLE)
+        self._counted = n
+        return n
+
+    def time_left(self) -> float | None:
+        """Seconds left under ``budget.time_limit`` (None without one). A resumed search counts
+        from this session's start plus what earlier sessions used."""
+        limit = self.job.budget.time_limit_s
+        if limit is None:
+            return None
+        if self._clock is None:  # fixed for the session: the study's start and earlier sessions' time
+            attrs = self.store.attrs
+            self._clock = (float(attrs.get("started_at", self.started)), float(attrs.get("time_used_s", 0.0)))
+        start, earlier = self._clock
+        if self.joined:
+            return limit - (time.time() - start)
+        return limit - (time.time() - max(start, self.started) + earlier)
+
+    def out_of_time(self) -> bool:
+        left = self.time_left()
+        return left is not None and left <= 0
+
+    def trials_left(self) -> bool:
+        return self.counted() < self.target()
+
+    def time_used(self) -> float:
+        """The search's wall time so far, across sessions (a joined driver: since the first began)."""
+        attrs = self.store.attrs
+        if self.joined:
+            return time.time() - float(attrs.get("started_at", self.started))
+        return float(attrs.get("time_used_s", 0.0)) + (time.time() - self.started)

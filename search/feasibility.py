@@ -1,0 +1,50 @@
+"""Whether a sampled config may be trained at all, decided before anything is built.
+
+A config over ``max_params``, one that misses a static constraint (``n_params``, ``flops``), or
+one whose memory estimate exceeds a trial's share is INFEASIBLE: recorded, never trained, and it
+does not use up one of ``budget.n_trials``. Everything here works from the config and the task's
+vocabulary sizes alone (``model.cost``), so the driver never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attntune.model.config import RunConfig
+from attntune.model.cost import n_params
+from attntune.search.job import SearchJob
+from attntune.search.memory import memory_problem
+from attntune.search.objectives import static_values
+
+MAX_CONSECUTIVE_INFEASIBLE = 200
+
+
+@dataclass(frozen=True)
+class Feasibility:
+    """The checks of one search: its job, the task's vocabulary sizes and longest sequence, and
+    the memory a trial may use (``search.memory.trial_memory_limit``)."""
+
+    job: SearchJob
+    vocab: tuple[int, int]
+    max_tokens: int
+    memory_limit: tuple[int, str] | None
+    on_gpu: bool
+
+    def n_params(self, cfg: RunConfig) -> int:
+        return n_params(cfg.model, *self.vocab)
+
+    def statics(self, cfg: RunConfig, count: int) -> dict[str, float]:
+        """What is known of a config before it is built: n_params, forward FLOPs per token."""
+        return static_values(cfg.model, count, self.vocab, self.max_tokens)
+
+    def problem(self, cfg: RunConfig, count: int) -> str | None:
+        """Why ``cfg`` must not be trained, or None."""
+        job = self.job
+        if job.max_params is not None and count > job.max_params:
+            return f"n_params={count} exceeds max_params={int(job.max_params)}"
+        if job.launch_constraints:
+            values = self.statics(cfg, count)
+            for c in job.launch_constraints:
+                if c.violation(values[c.name]) > 0:
+                    return f"{c.name}={values[c.name]:.4g} violates the constraint {c}"
+        return memory_problem(cfg, self.vocab, self.max_tokens, self.memory_limit, cuda=self.on_gpu)
