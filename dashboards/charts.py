@@ -16,8 +16,9 @@ from typing import Any
 from attntune.dashboards.data import parse_param_value
 from attntune.search.outcome import TrialState
 from attntune.search.pareto import front_indices
-from attntune.search.records import STATES, SearchData, SpaceParam, TrialRecord
+from attntune.search.records import STATES, SearchData, TrialRecord
 from attntune.search.schedulers import SCHEDULERS
+from attntune.spaces.space import Param
 
 STATE_COLORS = {
     TrialState.COMPLETE: "#2e9e44",
@@ -262,7 +263,7 @@ def curves_section(d: SearchData) -> Section:
 # --------------------------------------------------------------------------- importance
 
 
-def _distribution(p: SpaceParam) -> Any:
+def _distribution(p: Param) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if p.type == "categorical":
@@ -362,7 +363,7 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return out or [lo, hi]
 
 
-def _axis(p: SpaceParam | None, values: list[Any], label: str) -> dict[str, Any]:
+def _axis(p: Param | None, values: list[Any], label: str) -> dict[str, Any]:
     """Map one dimension's values to [0, 1] plus its tick positions and labels."""
     if p is not None and p.type == "categorical":
         choices = list(p.choices)
@@ -402,7 +403,7 @@ def parallel_section(d: SearchData) -> Section:
     sec = Section("parallel", "Parameters against the metric")
     done = d.completed()
     metric, mode = d.metric, d.mode
-    dims: list[tuple[SpaceParam, list[Any]]] = []
+    dims: list[tuple[Param, list[Any]]] = []
     for p in d.space:
         vals = [parse_param_value(p, t.params[p.name]) if p.name in t.params else None for t in done]
         if done and all(v is not None for v in vals):

@@ -1,15 +1,15 @@
 """Report-only helpers over the search record. MLflow itself is read by ``attntune.search.records``
-(``SearchData``, ``TrialRecord``, ``SpaceParam``, ``STATES`` live there)."""
+(``SearchData``, ``TrialRecord``, ``STATES`` live there)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from attntune.search.records import SpaceParam
+from attntune.spaces.space import Param
 
 
-def parse_param_value(p: SpaceParam, text: str) -> Any:
+def parse_param_value(p: Param, text: str) -> Any:
     """An MLflow param string back to the value the sampler drew (None if it cannot be)."""
     try:
         if p.type == "categorical":

@@ -27,7 +27,7 @@ from attntune.search.outcome import FINISHED_STATES, TrialState, best_of, finite
 from attntune.search.outcome import pareto_front as outcome_front
 from attntune.search.study_store import find_output, study_attrs
 from attntune.search.tracking import TAG_KIND, TAG_STATE, TAG_TRIAL, check_tracking_uri
-from attntune.spaces.space import parse_space
+from attntune.spaces.space import Param, parse_param, parse_space
 
 SEARCH_FILTER = f"tags.`{TAG_KIND}` = 'search'"
 PAGE_SIZE = 1000  # MLflow's largest page of search_runs by default; search_all asks for every page
@@ -40,19 +40,6 @@ class RecordsError(ConfigError):
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass
-class SpaceParam:
-    """One searched parameter as the report needs it (enough to rebuild an Optuna distribution)."""
-
-    name: str
-    type: str  # "float" | "int" | "categorical"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -118,7 +105,7 @@ class SearchData:
     metrics: dict[str, float]
     tags: dict[str, str]
     trials: list[TrialRecord]
-    space: list[SpaceParam] = field(default_factory=list)  # read on request (the report)
+    space: list[Param] = field(default_factory=list)  # read on request (the report)
 
     @property
     def job_name(self) -> str:
@@ -453,7 +440,7 @@ def _state(raw: str) -> str:
 # --------------------------------------------------------------------------- the searched space
 
 
-def read_space(client: Any, run_id: str) -> list[SpaceParam]:
+def read_space(client: Any, run_id: str) -> list[Param]:
     """The searched parameters from the parent's ``space.yaml`` artifact ([] when it is missing)."""
     text = artifact_text(client, run_id, "space.yaml")
     if text is None:
@@ -464,7 +451,7 @@ def read_space(client: Any, run_id: str) -> list[SpaceParam]:
         return []
 
 
-def space_params(data: Any) -> list[SpaceParam]:
+def space_params(data: Any) -> list[Param]:
     """Parameters of a space mapping, via ``parse_space``; each one alone when the whole space does
     not validate against default settings (e.g. a d_model range meant for another base config)."""
     if not isinstance(data, Mapping) or not isinstance(data.get("params"), Mapping):
@@ -473,18 +460,13 @@ def space_params(data: Any) -> list[SpaceParam]:
         params = list(parse_space(data).params)
     except ConfigError:
         params = [p for p in (_one_param(str(n), spec) for n, spec in data["params"].items()) if p is not None]
-    return [SpaceParam(p.name, p.type, p.low, p.high, p.log, p.step, tuple(p.choices)) for p in params]
+    return params
 
 
-def _one_param(name: str, spec: Any) -> Any:
-    """One parameter parsed alone; its ``when`` is dropped if that alone makes it fail (the
-    parameters it names are not there), since the report does not use it."""
-    specs = [spec]
-    if isinstance(spec, Mapping) and "when" in spec:
-        specs.append({k: v for k, v in spec.items() if k != "when"})
-    for s in specs:
-        try:
-            return parse_space({"params": {name: s}}).params[0]
-        except ConfigError:
-            continue
-    return None
+def _one_param(name: str, spec: Any) -> Param | None:
+    """One parameter parsed alone (its ``when`` may name parameters that are not there; the
+    report does not use it)."""
+    try:
+        return parse_param(name, spec)
+    except ConfigError:
+        return None

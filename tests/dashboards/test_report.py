@@ -16,7 +16,8 @@ from attntune.dashboards.charts import importance_section
 from attntune.dashboards.render import build_html
 from attntune.search.job import parse_job
 from attntune.search.pareto import front_indices
-from attntune.search.records import SearchData, SpaceParam, TrialRecord
+from attntune.search.records import SearchData, TrialRecord
+from attntune.spaces.space import Param
 from tests.conftest import attntune_cli, sqlite_uri, tiny_job
 
 SECTIONS = ["summary", "history", "curves", "importance", "parallel", "cost", "top-trials"]
@@ -294,8 +295,8 @@ def test_a_single_trial_report(edge: dict[str, Built]) -> None:
 def test_importance_is_computed_from_mlflow_strings() -> None:
     """A study rebuilt from MLflow's param strings: the metric follows lr, not n_heads."""
     space = [
-        SpaceParam("train.lr", "float", 1e-4, 1e-2, log=True),
-        SpaceParam("model.n_heads", "categorical", choices=(1, 2, 4)),
+        Param("train.lr", "float", 1e-4, 1e-2, log=True),
+        Param("model.n_heads", "categorical", choices=(1, 2, 4)),
     ]
     trials = []
     for i in range(12):
@@ -317,7 +318,7 @@ def test_names_and_params_are_escaped_never_live_markup() -> None:
     """A job name, run name, param or failure reason holding markup shows as text, and JSON in the
     page's <script> blocks cannot close them early."""
     evil = "<script>alert(1)</script>"
-    space = [SpaceParam("model.act", "categorical", choices=(evil, "relu"))]
+    space = [Param("model.act", "categorical", choices=(evil, "relu"))]
     trials = [
         TrialRecord(i, f"r{i}", f"t{i:03d} {evil}", "COMPLETE", 1000 * i, 1000 * i + 1,
                     {"model.act": evil, "n_params": "1000"}, {"best_val_loss": 1.0 + i}, {"epochs_run": "1"},
