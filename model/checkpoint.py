@@ -16,6 +16,7 @@ Layout of a checkpoint folder::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,17 @@ def translate(
     max_len: int | None = None,
     beam_size: int = 1,
     batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Translate ``sentences`` (in order). ``max_len`` caps generated tokens (default: 2 x source + 10)."""
+    """Translate ``sentences`` (in order). ``max_len`` caps generated tokens (default: 2 x source + 10).
+
+    Batched, and the batches change no translation: sentences are sorted by length, so a batch needs
+    little padding; padding is masked in attention; each row keeps its own token limit (greedy
+    decoding is row by row, so a longer neighbour's limit only adds tokens that are cut again).
+    Beam search batches only sentences with the same limit (the same length unless ``max_len`` is
+    given): its result depends on the limit. ``progress`` is called with the number of sentences
+    each finished batch held.
+    """
     if not sentences:
         return []
     was_training = model.training
@@ -171,22 +181,36 @@ def translate(
     device = _device_of(model)
     limit = model.cfg.max_len
     ids = [src_tok.encode(s)[: limit - 1] + [src_tok.eos_id] for s in sentences]
+    caps = [max_len if max_len is not None else 2 * len(x) + 10 for x in ids]  # generated tokens, per sentence
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in _batches(order, caps, batch_size, same_cap=beam_size > 1):
             longest = max(len(ids[i]) for i in chunk)
             src = torch.tensor(
                 [ids[i] + [src_tok.pad_id] * (longest - len(ids[i])) for i in chunk], dtype=torch.long, device=device
             )
-            n = max_len if max_len is not None else 2 * longest + 10
+            n = max(caps[i] for i in chunk)
             if beam_size > 1:
                 hyps = beam_search(model, src, tgt_tok.bos_id, tgt_tok.eos_id, n, beam_size=beam_size)
             else:
                 hyps = greedy_decode(model, src, tgt_tok.bos_id, tgt_tok.eos_id, n)
             for i, h in zip(chunk, hyps, strict=True):
-                out[i] = tgt_tok.decode(h)
+                out[i] = tgt_tok.decode(h[: max(1, min(caps[i], limit))])
+            if progress is not None:
+                progress(len(chunk))
     finally:
         model.train(was_training)
     return out
+
+
+def _batches(order: list[int], caps: list[int], size: int, same_cap: bool) -> Iterator[list[int]]:
+    """``order`` cut into batches of at most ``size``; with ``same_cap`` a batch never mixes token limits."""
+    chunk: list[int] = []
+    for i in order:
+        if chunk and (len(chunk) >= size or (same_cap and caps[i] != caps[chunk[0]])):
+            yield chunk
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        yield chunk

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import operator
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,14 @@ class ConfigError(ValueError):
 
     def with_source(self, source: str) -> ConfigError:
         return ConfigError(self.problems, source)
+
+
+def file_not_found(path: str | os.PathLike[str]) -> str:
+    """The problem for a missing file: "file not found", naming the folder a relative ``path`` was
+    looked up in (the current folder, or one below it)."""
+    if os.path.isabs(path):
+        return "file not found"
+    return f"file not found (looked in {os.path.dirname(os.path.abspath(path))})"
 
 
 # --------------------------------------------------------------------------- parsing (pydantic v2)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attntune.model.config import ConfigError, TaskConfig, to_dict
+from attntune.model.config import ConfigError, TaskConfig, file_not_found, to_dict
 from attntune.model.tokenize import Tokenizer
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class TaskData:
 def _read_text(path: Path, shown: str) -> str:
     """File contents as UTF-8 (BOM allowed); DataError names the line of the first bad byte."""
     if not path.exists():
-        raise DataError(f"{shown}: file not found")
+        raise DataError(f"{shown}: {file_not_found(path)}")
     if not path.is_file():
         raise DataError(f"{shown}: not a file")
     raw = path.read_bytes()
@@ -402,6 +402,21 @@ def batch_indices(
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+def steps_per_round(pairs: Sequence[Pair], batch_size: int, unit: str, max_steps_per_epoch: int | None,
+                    round_tokens: int | None = None, round_steps: int | None = None) -> float:  # fmt: skip
+    """Optimizer steps in one reported "epoch" of training on ``pairs``: one pass over the data
+    (capped by ``max_steps_per_epoch``), or a round of ``round_steps`` steps, or of
+    ``round_tokens`` target tokens at the data's mean target tokens per batch (as the trainer
+    sizes its schedule)."""
+    if round_steps is not None:
+        return float(round_steps)
+    batches = batch_indices(pairs, batch_size, unit)
+    if round_tokens is not None:
+        per_batch = sum(len(pairs[i][1]) - 1 for b in batches for i in b) / max(1, len(batches))
+        return round_tokens / max(per_batch, 1.0)
+    return float(min(len(batches), max_steps_per_epoch or len(batches)))
 
 
 def collate(pairs: Sequence[Pair], idx: Sequence[int], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,18 +12,24 @@ An "epoch" of the loop is one pass over the training data unless ``train_cfg.rou
 from a continuing stream of shuffled batches, so models with different batch sizes get the same
 budget and a search places its rungs in tokens.
 
+A production run may add a compute budget (``RunBudget``, ``attntune train --max-tokens/--time-limit``):
+exactly ``max_tokens`` target tokens (the last batch is cut to fit; the schedule's length is the exact
+step count of that many tokens), and/or a ``time_limit_s`` after which training stops at the next step
+boundary, with a cosine schedule that decays over the time (see ``_Clock``).
+
 Deterministic on CPU for a given ``train_cfg.seed``: the model, dropout and batch order are seeded,
 and resuming restores the RNG state, so an interrupted and resumed run matches an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,9 +120,90 @@ class _BatchStream:
         return idx
 
 
-def _total_steps(cfg: TrainConfig, data: TaskData, n_batches: int, steps_per_epoch: int) -> int:
-    """Optimizer steps of the whole run, for the schedule: exact for epochs and ``round_steps``; for
-    ``round_tokens`` estimated from the mean target tokens of a batch."""
+@dataclass(frozen=True)
+class RunBudget:
+    """A production run's compute budget, on top of its recipe (``attntune train --max-tokens/--time-limit``).
+
+    ``max_tokens``: train exactly this many target tokens (padding excluded), in rounds of
+    ``train.round_tokens`` (``token_budget_recipe`` sets them); the batch that crosses the budget is cut
+    to the tokens left, and the learning-rate schedule spans the exact number of steps those tokens take.
+
+    ``time_limit_s``: stop at the first step boundary once the time left is what the last evaluation and
+    checkpoint took (so the final ones end about on time); that last, partial epoch is evaluated,
+    reported and checkpointed as usual. The clock starts with training (data loading and MLflow logging
+    are not counted). A cosine schedule decays by the larger of its step progress and the share of the
+    time used after warm-up, so it reaches 0 when the time runs out whichever budget binds; warm-up,
+    ``inverse_sqrt`` and ``constant`` are the recipe's. ``open_ended``: the time limit alone bounds the
+    run (``train.epochs`` does not); a round recipe (``round_tokens``/``round_steps``) still sets what one
+    reported epoch is.
+    """
+
+    max_tokens: int | None = None
+    time_limit_s: float | None = None
+    open_ended: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            problems.append(f"max_tokens: must be > 0, got {self.max_tokens}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            problems.append(f"time_limit: must be > 0, got {self.time_limit_s}")
+        if self.open_ended and (self.time_limit_s is None or self.max_tokens is not None):
+            problems.append("open_ended: only a time limit alone leaves the number of epochs open")
+        if problems:
+            raise ConfigError(problems)
+
+
+def token_budget_recipe(cfg: TrainConfig, max_tokens: int, rounds: int | None = None) -> TrainConfig:
+    """The recipe of a run of exactly ``max_tokens`` target tokens: reported in rounds of tokens.
+
+    A recipe with ``round_tokens`` (a config exported from a token-budget search) keeps its round size
+    unless ``rounds`` is given; otherwise ``rounds`` (default ``train.epochs``) rounds of
+    ceil(max_tokens / rounds) tokens. ``epochs`` becomes the number of rounds.
+    """
+    if max_tokens <= 0:
+        raise ConfigError(f"max_tokens: must be > 0, got {max_tokens}")
+    if cfg.round_steps is not None:
+        raise ConfigError(
+            f"train.round_steps: {cfg.round_steps} counts rounds in steps; a token budget needs rounds in "
+            "tokens (remove train.round_steps)"
+        )
+    if cfg.round_tokens is not None and rounds is None:
+        size = cfg.round_tokens
+    else:
+        size = -(-max_tokens // (rounds or cfg.epochs))
+    return replace(cfg, round_tokens=size, epochs=-(-max_tokens // size))
+
+
+def _steps_for_tokens(data: TaskData, cfg: TrainConfig, per_epoch: int, max_tokens: int) -> int:
+    """Optimizer steps that train exactly ``max_tokens`` target tokens: the batch stream, walked
+    ahead (indices only, no tensors), so the schedule ends on the run's last step."""
+    lengths = [len(t) - 1 for _, t in data.train]
+    stream = _BatchStream(data, cfg, per_epoch)
+    steps = tokens = 0
+    while tokens < max_tokens:
+        tokens += sum(lengths[i] for i in next(stream))
+        steps += 1
+    return steps
+
+
+def schedule_steps(cfg: TrainConfig, data: TaskData, budget: RunBudget | None = None) -> int | None:
+    """Optimizer steps the learning-rate schedule spans (None: open-ended, sized by the time limit)."""
+    n_batches = len(batch_indices(data.train, cfg.batch_size, cfg.batch_unit))
+    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+    return _total_steps(cfg, data, n_batches, steps_per_epoch, budget)
+
+
+def _total_steps(
+    cfg: TrainConfig, data: TaskData, n_batches: int, steps_per_epoch: int, budget: RunBudget | None = None
+) -> int | None:
+    """Optimizer steps of the whole run, for the schedule: exact for epochs, ``round_steps`` and a
+    token budget; for ``round_tokens`` estimated from the mean target tokens of a batch; None for a
+    time limit alone (the clock sizes the schedule then)."""
+    if budget is not None and budget.max_tokens is not None:
+        return _steps_for_tokens(data, cfg, steps_per_epoch, budget.max_tokens)
+    if budget is not None and budget.open_ended:
+        return None
     if cfg.round_steps is not None:
         return cfg.round_steps * cfg.epochs
     if cfg.round_tokens is not None:
@@ -141,10 +228,15 @@ class TrainResult:
     model: Transformer
     n_params: int
     info: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # "time_limit": the budget's time ran out before the recipe's end
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (1-based); ``cfg.lr`` is the peak, reached at warmup's end."""
+def lr_at(step: int, cfg: TrainConfig, total_steps: int | None, min_progress: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (1-based); ``cfg.lr`` is the peak, reached at warmup's end.
+
+    A cosine schedule's progress is at least ``min_progress`` (the share of a time limit used, see
+    ``_Clock``); ``total_steps`` None means the time alone sizes it.
+    """
     warm = cfg.warmup_steps
     if warm and step <= warm:
         return cfg.lr * step / warm
@@ -153,8 +245,43 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     if cfg.schedule == "inverse_sqrt":
         return cfg.lr * math.sqrt(max(warm, 1) / max(step, 1))
     # cosine: from the peak at the end of warmup down to 0 at the last step
-    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+    by_steps = (step - warm) / max(1, total_steps - warm) if total_steps is not None else 0.0
+    progress = min(1.0, max(by_steps, min_progress))
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Clock:
+    """A run's time limit: when training must stop, and how much of the time a cosine schedule has used.
+
+    Why the schedule follows the clock: a run stopped by time at a high learning rate ends with a
+    worse model than the same time spent on a schedule that had decayed; steps per second are not
+    known in advance (and differ between machines), elapsed time is. The share is measured from the
+    end of warm-up to the stop time and never goes back, so the learning rate only falls.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.perf_counter()
+        self.reserve = 0.0  # what the last evaluation + checkpoint took: kept free for the final ones
+        self.warm_end: float | None = None
+        self.progress = 0.0
+
+    def stop_at(self) -> float:
+        return self.start + self.seconds - self.reserve
+
+    def expired(self) -> bool:
+        return time.perf_counter() >= self.stop_at()
+
+    def schedule_progress(self, step: int, warmup_steps: int) -> float:
+        if step <= warmup_steps:
+            return 0.0
+        now = time.perf_counter()
+        if self.warm_end is None:
+            self.warm_end = now
+        span = self.stop_at() - self.warm_end
+        share = 1.0 if span <= 0 else (now - self.warm_end) / span
+        self.progress = max(self.progress, min(1.0, share))
+        return self.progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -273,7 +400,7 @@ class _Run:
     n_params: int
     info: dict[str, Any]  # handed to ``Reporter.start`` and returned in ``TrainResult.info``
     steps_per_epoch: int  # batches of one epoch-mode epoch: min(batches, max_steps_per_epoch)
-    total_steps: int  # of the whole run, for the learning-rate schedule
+    total_steps: int | None  # of the whole run, for the learning-rate schedule (None: sized by the clock)
     history: list[dict[str, float]] = field(default_factory=list)
     epoch: int = 0  # last completed epoch (or round)
     step: int = 0  # optimizer steps so far
@@ -282,6 +409,9 @@ class _Run:
     loss_ema: float | None = None  # where LossCeiling's average starts
     stream: _BatchStream | None = None  # rounds only; None: each epoch is one pass over the data
     ceiling: LossCeiling | None = None
+    budget: RunBudget | None = None
+    clock: _Clock | None = None  # with a time limit
+    out_of_time: bool = False
 
 
 @dataclass
@@ -325,7 +455,7 @@ def _run_info(
     }
 
 
-def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData) -> _Run:
+def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData, budget: RunBudget | None = None) -> _Run:
     """Threads, device, the seeded model and its optimizer, and the schedule's length: a fresh run."""
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -349,7 +479,8 @@ def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData) -> _R
         n_params=count,
         info=_run_info(model, count, device, data, train_cfg),
         steps_per_epoch=steps_per_epoch,
-        total_steps=_total_steps(train_cfg, data, n_batches, steps_per_epoch),
+        total_steps=_total_steps(train_cfg, data, n_batches, steps_per_epoch, budget),
+        budget=budget,
     )
 
 
@@ -436,25 +567,52 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
         batches, round_start = run.stream, run.step
     loss_sum, n_tokens = 0.0, 0
     t0 = time.perf_counter()
-    lr = lr_at(max(run.step, 1), cfg, run.total_steps)
+    max_tokens = run.budget.max_tokens if run.budget is not None else None
+    lr = lr_at(max(run.step, 1), cfg, run.total_steps, run.clock.progress if run.clock else 0.0)
     for idx in batches:
         # src (B, S), tgt_in (B, T), tgt_out (B, T): tgt_in shifted right by one against tgt_out
         batch = collate(run.data.train, idx, run.data.pad_id)
         src, tgt_in, tgt_out = (t.to(run.device, non_blocking=True) for t in batch)
+        if max_tokens is not None:
+            tgt_out = _first_tokens(tgt_out, max_tokens - run.tokens - n_tokens, run.data.pad_id)
         run.step += 1
-        lr = lr_at(run.step, cfg, run.total_steps)
+        floor = run.clock.schedule_progress(run.step, cfg.warmup_steps) if run.clock is not None else 0.0
+        lr = lr_at(run.step, cfg, run.total_steps, floor)
         value, n = _train_step(run, src, tgt_in, tgt_out, lr, epoch)
         loss_sum += value * n
         n_tokens += n
-        if run.stream is not None and (
-            n_tokens >= (cfg.round_tokens or math.inf)
-            or run.step - round_start >= (cfg.round_steps or math.inf)
-        ):
+        if run.stream is not None and _round_over(run, epoch, round_start, n_tokens):
+            break
+        if run.clock is not None and run.clock.expired():
+            run.out_of_time = True
             break
     run.tokens += n_tokens
     if run.device.type == "cuda":
         torch.cuda.synchronize()  # queued GPU work belongs to this epoch's time
     return _EpochStats(loss_sum=loss_sum, n_tokens=n_tokens, lr=lr, elapsed=time.perf_counter() - t0)
+
+
+def _round_over(run: _Run, epoch: int, round_start: int, n_tokens: int) -> bool:
+    """Whether round ``epoch`` has trained its tokens or steps (``n_tokens`` so far in it).
+
+    Under a token budget the rounds end at cumulative targets (round k at k x round_tokens, the last
+    at the budget), so the overshoot of one round's last batch does not add up over the run.
+    """
+    cfg = run.cfg
+    if run.budget is not None and run.budget.max_tokens is not None:
+        target = min(run.budget.max_tokens, epoch * (cfg.round_tokens or run.budget.max_tokens))
+        return run.tokens + n_tokens >= target
+    return n_tokens >= (cfg.round_tokens or math.inf) or run.step - round_start >= (cfg.round_steps or math.inf)
+
+
+def _first_tokens(tgt_out: torch.Tensor, n: int, pad: int) -> torch.Tensor:
+    """``tgt_out`` (B, T) with every target token after the first ``n`` (row by row) set to padding,
+    so the loss and the token count take exactly ``n``; unchanged when it has no more than ``n``."""
+    real = tgt_out.ne(pad)
+    if int(real.sum()) <= n:
+        return tgt_out
+    keep = real.flatten().cumsum(0).le(n).view_as(real)
+    return tgt_out.masked_fill(real & ~keep, pad)
 
 
 def _epoch_metrics(run: _Run, stats: _EpochStats) -> dict[str, float]:
@@ -513,16 +671,22 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     provenance: dict[str, Any] | None = None,
+    budget: RunBudget | None = None,
 ) -> TrainResult:
     """Train ``model_cfg`` on ``data``; report metrics each epoch; checkpoint each epoch if asked.
 
     With ``round_tokens``/``round_steps`` an epoch is a round of that many target tokens/steps.
+    ``budget`` (production runs) caps the run at exactly ``max_tokens`` target tokens (the recipe
+    must count rounds in tokens: ``token_budget_recipe``) and/or at ``time_limit_s`` seconds; a run
+    stopped by its time has ``stopped_by="time_limit"``.
     With ``resume`` and a checkpoint in ``checkpoint_dir`` from the same model, data and recipe,
     training continues after its last completed epoch (``epochs`` may have grown).
     Raises DivergedError as soon as the training loss is NaN or infinite, or once its post-warmup
     average is above ``loss_ceiling`` (see LossCeiling).
     """
-    run = _setup(model_cfg, train_cfg, data)
+    if budget is not None and budget.max_tokens is not None and train_cfg.round_tokens is None:
+        raise ConfigError("a token budget needs train.round_tokens (see token_budget_recipe)")
+    run = _setup(model_cfg, train_cfg, data, budget)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and resume:
         _resume(run, ckpt)
@@ -533,16 +697,30 @@ def train(
         run.stream = _BatchStream(data, train_cfg, run.steps_per_epoch, run.position)
     if train_cfg.loss_ceiling:
         run.ceiling = LossCeiling(train_cfg.loss_ceiling, train_cfg.warmup_steps, run.loss_ema)
+    if budget is not None and budget.time_limit_s is not None:
+        run.clock = _Clock(budget.time_limit_s)
     stopped = False
-    for epoch in range(run.epoch + 1, train_cfg.epochs + 1):
+    open_ended = budget is not None and budget.open_ended
+    first = run.epoch + 1
+    epochs = itertools.count(first) if open_ended else range(first, train_cfg.epochs + 1)
+    for epoch in epochs:
+        if run.clock is not None and epoch > first and run.clock.expired():  # the last one ended on time
+            run.out_of_time = True
+            break
         stats = _train_epoch(run, epoch)
         run.epoch = epoch
+        t_eval = time.perf_counter()
         metrics = _epoch_metrics(run, stats)
         run.history.append(metrics)
         if ckpt is not None:
             _save_epoch(run, ckpt, provenance)
         if reporter is not None and reporter.report(epoch, dict(metrics)):
             stopped = True
+            break
+        if run.clock is not None:
+            run.clock.reserve = time.perf_counter() - t_eval
+        spent = budget is not None and budget.max_tokens is not None and run.tokens >= budget.max_tokens
+        if run.out_of_time or spent:
             break
     model = run.model
     model.eval()
@@ -553,4 +731,5 @@ def train(
         model=model,
         n_params=run.n_params,
         info=run.info,
+        stopped_by="time_limit" if run.out_of_time and not stopped else None,
     )

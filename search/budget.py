@@ -8,7 +8,10 @@ study (``--storage``/``--join``), where other drivers add trials, is read every 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
+from attntune.model.config import ConfigError
 from attntune.search.job import SearchJob
 from attntune.search.outcome import TrialState
 from attntune.search.study_store import StudyStore
@@ -79,3 +82,38 @@ class SearchBudget:
         if self.joined:
             return time.time() - float(attrs.get("started_at", self.started))
         return float(attrs.get("time_used_s", 0.0)) + (time.time() - self.started)
+
+
+# --------------------------------------------------------------------------- extending a search
+
+ATTR_OVERRIDE = "budget_override"  # {n_trials, time_limit}: the budget an extension set
+
+
+def with_override(job: SearchJob, attrs: dict[str, Any]) -> SearchJob:
+    """The job with the budget an earlier ``resume --more-trials/--time-limit`` set (the study's
+    job file keeps the original), so an interrupted extension resumes with its own budget."""
+    override = attrs.get(ATTR_OVERRIDE) or {}
+    if not override:
+        return job
+    return replace(job, budget=replace(job.budget, **override))
+
+
+def extend(job: SearchJob, counted: int, used_s: float, more_trials: int | None, more_time: float | None) -> dict[str, Any]:
+    """The budget override that gives a search ``more_trials`` trials beyond the ``counted`` ones
+    and/or ``more_time`` seconds beyond the ``used_s`` it used. A search that spent its trials
+    needs more trials (time alone would start nothing): that is a ConfigError saying so."""
+    override: dict[str, Any] = {}
+    if more_trials is not None:
+        if more_trials <= 0:
+            raise ConfigError(f"--more-trials: must be > 0, got {more_trials}")
+        override["n_trials"] = counted + more_trials
+    elif counted >= trial_target(job):
+        raise ConfigError(
+            f"{job.name}: the search spent its {trial_target(job)} trials; add trials with --more-trials N "
+            "(and --time-limit to cap the time they may take)"
+        )
+    if more_time is not None:
+        if more_time <= 0:
+            raise ConfigError(f"--time-limit: must be > 0, got {more_time:g} s")
+        override["time_limit"] = round(used_s + more_time, 3)
+    return override

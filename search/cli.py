@@ -14,15 +14,67 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from attntune.model.config import ConfigError, ModelConfig, TrainConfig
 from attntune.search.outcome import FINISHED_STATES, TrialState
 from attntune.search.study_store import find_output, reading, study_attrs
 
-app = typer.Typer(
+
+class _PlainHelp:
+    """The same ``--help`` under every typer that pyproject.toml allows: a flag shows no type
+    (typer 0.29's rich help prints ``<bool>`` after every flag, ``--help`` included) and an
+    argument reads ``JOB_FILE`` in the usage line, the help panel and its error messages
+    (typer >= 0.27 writes ``{job_file}``); a docstring's paragraph wrapped over several source lines
+    reads as one paragraph (rich help keeps single line breaks). Uses only click's public
+    Command/Parameter API."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = "\n\n".join(" ".join(p.split()) for p in self.help.strip().split("\n\n"))
+        for param in self.params:
+            _plain(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        return _plain(option) if option is not None else None
+
+
+def _plain(param: Any) -> Any:
+    if param.param_type_name == "argument" and param.metavar is None:
+        param.metavar = param.name.upper()
+    elif getattr(param, "is_flag", False) and not getattr(param, "count", False):
+        param.metavar = ""  # the help's type column stays empty
+    return param
+
+
+class _Command(_PlainHelp, TyperCommand):
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands are ``_Command``s (and, given ``cls=_Group``, groups ``_Group``s)."""
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
     name="attntune",
     help="Hyperparameter search for PyTorch Transformers.",
-    no_args_is_help=True,
+    cls=_Group,
+    no_args_is_help=True,  # `main` turns a bare `attntune` into `attntune --help` first
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -33,10 +85,32 @@ TrackingOpt = Annotated[
     typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster address.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="One line per trial epoch (a terminal shows running trials live anyway)."),
+]
 
 
 class UsageError(Exception):
     """Bad input from the user that is not a config file problem (exit 2)."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"attntune {version('attntune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print attntune's version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Hyperparameter search for PyTorch Transformers."""
 
 
 # --------------------------------------------------------------------------- train / translate
@@ -45,8 +119,35 @@ class UsageError(Exception):
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="YAML with task, model and train sections.")],
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Override train.epochs.")] = None,
-    output: OutputOpt = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Override train.epochs (with --max-tokens: the number of rounds reported)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            help="Train exactly this many target tokens, reported in rounds (train.round_tokens, else "
+            "train.epochs equal rounds); the cosine schedule spans exactly the steps they take.",
+        ),
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time-limit",
+            help="Stop at a step boundary when this time (90s, 8m, 2h) runs out, then evaluate and save. "
+            "Alone it replaces train.epochs (with --epochs or --max-tokens: whichever ends first); a cosine "
+            "schedule decays over the time so it reaches 0 as training stops.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Output folder (default: attntune-runs/train-<config name>, or -2, -3... when taken); "
+            "a folder that holds a run already is refused.",
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
     register_as: Annotated[
         str | None, typer.Option("--register-as", help="Register the trained model under this name.")
@@ -63,19 +164,60 @@ def train(
         tracking_uri=tracking_uri,
         register_as=register_as,
         track=not no_tracking,
+        max_tokens=max_tokens,
+        time_limit=time_limit,
     )
 
 
 @app.command()
 def translate(
-    text: Annotated[list[str], typer.Argument(help="Sentences to translate.")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder written by `train`.")],
-    beam_size: Annotated[int, typer.Option("--beam-size")] = 1,
+    text: Annotated[list[str] | None, typer.Argument(help="Sentences to translate (or use --input).")] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            "--checkpoint",
+            help="Checkpoint folder written by `train`, or an MLflow address: runs:/RUN_ID/checkpoint, "
+            "runs:/RUN_ID/model, models:/NAME/VERSION.",
+        ),
+    ] = ...,
+    input_file: Annotated[
+        str | None,
+        typer.Option("--input", "-i", help="File of source sentences, one a line ('-': stdin)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the translations to this file (default: stdout).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="text: one translation a line; tsv: source<TAB>translation.")
+    ] = "text",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            help="Sentences decoded together (greedy: length-sorted, padded; beam search: sentences of "
+            "one length). Batching changes no translation.",
+        ),
+    ] = 64,
+    beam_size: Annotated[int, typer.Option("--beam-size", help="Beam width (1: greedy decoding).")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto (a GPU when there is one), cpu or cuda.")] = "auto",
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Translate sentences with a trained checkpoint."""
+    """Translate sentences with a trained checkpoint: from the command line, a file or stdin."""
     from attntune.search.train_cmd import run_translate  # lazy: heavy (torch)
 
-    run_translate(checkpoint, text, beam_size=beam_size)
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device: {device!r} is not a device (valid: auto, cpu, cuda)")
+    run_translate(
+        checkpoint,
+        text,
+        beam_size=beam_size,
+        input_path=input_file,
+        output=output,
+        fmt=fmt,
+        batch_size=batch_size,
+        tracking_uri=tracking_uri,
+        device=device,
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -143,7 +285,8 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue this job's earlier search.")] = False,
     join: Annotated[bool, typer.Option("--join", help="Add workers to a shared study (PostgreSQL).")] = False,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: study.db in the output folder).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines: print only warnings, errors and the final summary.")] = False,
+    verbose: VerboseOpt = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
 ) -> None:
     """Run a search job in the foreground."""
@@ -155,8 +298,9 @@ def run(
     job = load_job(job_file, backend=backend, tracking_uri=tracking_uri, output=output)
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     result = run_search(
-        job, resume=resume, join=join, gpus=gpu_ids, address=address, storage=storage, quiet=quiet, report=not no_report
-    )
+        job, resume=resume, join=join, gpus=gpu_ids, address=address, storage=storage, quiet=quiet, verbose=verbose,
+        report=not no_report,
+    )  # fmt: skip
     _print_best(result)
 
 
@@ -165,12 +309,26 @@ def resume(
     name_or_folder: Annotated[str, typer.Argument(help="Job name or the search's output folder.")],
     tracking_uri: TrackingOpt = None,
     address: AddressOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    more_trials: Annotated[
+        int | None, typer.Option("--more-trials", help="Extend the search by this many trials (also a finished one).")
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option("--time-limit", help="Give the search this much more time, e.g. 90s, 10m, 2h (also a finished one)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines: print only warnings, errors and the final summary.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Continue an interrupted search: completed trials are kept, running ones rerun."""
-    from attntune.search.job import parse_job, parse_yaml_text  # lazy: yaml, spaces, pydantic
+    """Continue an interrupted search (completed trials are kept, running ones rerun), or extend a
+    finished one with --more-trials / --time-limit on the same study and MLflow parent run. A
+    finished search without them is left as it is."""
+    from attntune.search.job import parse_duration, parse_job, parse_yaml_text  # lazy: yaml, spaces, pydantic
     from attntune.search.run import run_search  # lazy: heavy (optuna, pandas)
 
+    try:
+        more_time = parse_duration(time_limit)
+    except ValueError as e:
+        raise UsageError(f"--time-limit: {e}") from None
     folder = find_output(name_or_folder)
     attrs = study_attrs(folder)  # read and released: the search opens its own
     text = attrs.get("job_yaml")
@@ -185,59 +343,61 @@ def resume(
         tracking_uri=tracking_uri or attrs.get("tracking_uri"),
         output=folder,
     )
-    result = run_search(job, resume=True, address=address, quiet=quiet)
+    result = run_search(
+        job, resume=True, address=address, quiet=quiet, verbose=verbose, more_trials=more_trials, more_time=more_time
+    )
     _print_best(result)
 
 
 @app.command()
 def results(
     name_or_folder: Annotated[str, typer.Argument(help="Job name or the search's output folder.")],
-    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by (default: value).")] = None,
-    descending: Annotated[bool, typer.Option("--desc")] = False,
-    columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns to show.")] = None,
-    csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            help="Column to sort by: a short name (lr, d_model, heads, params, ...), the metric's name, or a "
+            "results.csv column (default: the metric, best trial first).",
+        ),
+    ] = None,
+    descending: Annotated[bool, typer.Option("--desc", help="Reverse the order.")] = False,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            help="Comma-separated columns to show, short (d_model, lr, val_bleu) or full (model.d_ff) names "
+            "(default: trial, state, the metric, val_bleu, d_model, heads, layers, lr, params, seconds).",
+        ),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Only the best N trials by the metric (best first, as export ranks them)."),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state", help="Only trials in these states, comma-separated: complete, pruned, failed, infeasible, running."
+        ),
+    ] = None,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV with full column names (as in results.csv) instead of a table.")
+    ] = False,
 ) -> None:
     """Show a search's results table."""
     from rich.console import Console
-    from rich.table import Table
 
-    # Imported here: results imports pandas, which `attntune --help` must not pay for.
-    from attntune.search.results import results_table  # lazy: pandas
+    from attntune.search.results import ResultsView  # lazy: pandas
 
-    with reading(find_output(name_or_folder)) as study:  # read once; leaves no -wal/-shm files behind
-        t = results_table(study)
-        trial_params = {p for tr in study.get_trials(deepcopy=False) for p in tr.params}
-        mode = study.user_attrs.get("mode", "min")
-        title = f"{study.study_name} ({len(t)} trials)"
-    sort = sort or "value"
-    if sort not in t.columns:
-        raise UsageError(f"--sort: no column {sort!r} (columns: {', '.join(t.columns)})")
-    ascending = not descending if sort != "value" else (mode == "min") != descending
-    t = t.sort_values(sort, ascending=ascending, na_position="last")
-    default_cols = ["number", "state", "value", "epochs", "seconds", "n_params"] + [
-        c for c in t.columns if c in trial_params
-    ]
-    cols = [c.strip() for c in columns.split(",")] if columns else default_cols
-    missing = [c for c in cols if c not in t.columns]
-    if missing:
-        raise UsageError(f"--columns: no column {missing[0]!r} (columns: {', '.join(t.columns)})")
+    folder = find_output(name_or_folder)
+    with reading(folder) as study:  # read once; leaves no -wal/-shm files behind
+        view = ResultsView.of(study, folder)
+    cols = view.columns(columns)  # before the rows: val_bleu may be read from MLflow into the table
+    rows = view.rows(states=state, top=top, sort=sort, descending=descending)
     if csv:
-        sys.stdout.write(t[cols].to_csv(index=False))
+        sys.stdout.write(view.csv(rows, cols))
         return
-    table = Table(title=title)
-    for c in cols:
-        table.add_column(c)
-    for _, row in t[cols].iterrows():
-        table.add_row(*[_fmt(v) for v in row])
-    Console().print(table)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if v != v:
-            return ""
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+    console = Console()
+    console.print(view.render(rows, cols, view.title(len(rows), states=state, top=top), console.width, fit=not columns))
 
 
 # --------------------------------------------------------------------------- report
@@ -357,9 +517,10 @@ def submit(
     print(f"submitted; follow it with `attntune jobs logs {done.job_id}{where} --follow`{extra}", file=sys.stderr)
 
 
-jobs_app = typer.Typer(
+jobs_app = _Typer(
     help="List, inspect, follow and stop submitted searches (`attntune submit`).",
-    no_args_is_help=True,
+    cls=_Group,
+    no_args_is_help=False,  # `attntune jobs` alone is a usage error naming the subcommands (see `_usage_line`)
     add_completion=False,
 )
 app.add_typer(jobs_app, name="jobs")
@@ -478,33 +639,69 @@ def _fast_exit(code: object) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    import logging
-
-    for noisy in ("mlflow", "alembic", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow sets its loggers' level from this variable when it is imported (overriding any level
+    # set before), in this process and in every worker started from it: without it a new store's
+    # first run prints "INFO ... Creating initial MLflow database tables" on the user's terminal.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        args = ["--help"]  # a bare `attntune` prints the help on stdout and exits 0
     try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as e:  # pragma: no cover - typer plumbing
-        sys.exit(e.exit_code)
+        code = app(args=args, prog_name="attntune", standalone_mode=False)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except Exception as e:  # noqa: BLE001 - classify, then re-raise the unexpected
-        import click
+        exits, usage, aborts = _typer_exceptions()
+        if isinstance(e, exits):
+            code = e.exit_code
+        elif isinstance(e, aborts):  # Ctrl-C or end of input at a prompt
+            code = 130
+        elif isinstance(e, usage + _bad_input_types()):
+            print(f"error: {_usage_line(e) if isinstance(e, usage) else _bad_input_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        else:
+            raise
+    if code == 130:  # typer turns a KeyboardInterrupt into exit code 130
+        print("interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
 
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(e, _bad_input_types()):
-            msg = e.line() if hasattr(e, "line") else str(e)
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
-        raise
-    sys.exit(0)
+
+def _typer_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(exit, usage error, abort) classes, as the installed typer raises them.
+
+    typer >= 0.26 raises its own bundled copy of click's exceptions (``typer._click.exceptions``),
+    which are not click's classes; an older typer (or code that uses click itself) raises click's.
+    ``typer._click`` is a third-party private module, so it is only looked up here, never imported:
+    a module that is not loaded cannot have raised anything."""
+    exits: list[type[BaseException]] = [typer.Exit]
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        module = sys.modules.get(name)
+        for found, attr in ((exits, "Exit"), (usage, "ClickException"), (aborts, "Abort")):
+            cls = getattr(module, attr, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
+    return tuple(exits), tuple(usage), tuple(aborts)
+
+
+def _usage_line(e: Any) -> str:
+    """One line for a usage error: the command, click's message (its lists spread over lines are
+    joined) and, where a command was missing or unknown, the commands there are."""
+    message = " ".join(e.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:
+        return message
+    command = ctx.command
+    if hasattr(command, "list_commands") and getattr(e, "option_name", None) is None:
+        message += f" (commands: {', '.join(command.list_commands(ctx))})"
+    return f"{ctx.command_path}: {message}; see {ctx.command_path} --help"
+
+
+def _bad_input_line(e: BaseException) -> str:
+    line = getattr(e, "line", None)
+    return line() if callable(line) else str(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

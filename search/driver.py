@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from attntune.model.config import ConfigError, RunConfig, to_dict
-from attntune.search.budget import SearchBudget, trial_target
+from attntune.search.budget import ATTR_OVERRIDE, SearchBudget, trial_target
 from attntune.search.faults import driver_fault
-from attntune.search.feasibility import MAX_CONSECUTIVE_INFEASIBLE, Feasibility
+from attntune.search.feasibility import MAX_CONSECUTIVE_INFEASIBLE, Feasibility, launch_warnings
 from attntune.search.job import SearchJob
 from attntune.search.memory import longest_sequence, trial_memory_limit, trial_on_gpu
 from attntune.search.outcome import (
@@ -82,6 +82,9 @@ class Observer:
     def trial_finished(self, number: int, settled: Settled, outcome: TrialOutcome) -> None:
         """A trial ended as ``settled.state``."""
 
+    def search_ended(self) -> None:
+        """No trial runs any more; the summary is being written."""
+
 
 def credit(data: Any) -> str | None:
     """The data's license and attribution, carried on every run trained on it."""
@@ -102,8 +105,10 @@ def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
 class Driver:
     """The one writer of a search's study and MLflow runs."""
 
-    def __init__(self, job: SearchJob, *, resume: bool = False, join: bool = False, storage: str | None = None):
+    def __init__(self, job: SearchJob, *, resume: bool = False, join: bool = False, storage: str | None = None,
+                 extension: dict[str, Any] | None = None):  # fmt: skip
         self.job = job
+        self.extension = extension  # a resumed search's new budget (budget.extend)
         self.resume, self.join = resume, join
         self.storage = storage or storage_url(job.output)
         self.shared = storage is not None or join  # other drivers may write the study
@@ -115,6 +120,7 @@ class Driver:
         self.pending: list[RunningTrial] = []  # reruns waiting for a worker: retries, a dead driver's trials
         self.missed_constraints: dict[int, str] = {}  # COMPLETE trials that missed a measured constraint
         self.interrupted: str | None = None
+        self.warnings: list[str] = []  # for the user, before the first trial (feasibility.launch_warnings)
         self._recording = 0
         self._deferred_signal: int | None = None
 
@@ -127,6 +133,7 @@ class Driver:
         self.feasibility = Feasibility(
             job, (data.src_vocab_size, data.tgt_vocab_size), longest_sequence(data), trial_memory_limit(job), trial_on_gpu(job)
         )
+        self.warnings = launch_warnings(job, data)
         exists = study_exists(self.storage, job.name)
         if (self.resume or self.join) and not exists:
             raise ConfigError(f"{job.name}: no search to resume in {job.output} (run it first)")
@@ -154,10 +161,14 @@ class Driver:
             self.store.study.sampler = sampler_for(job, seed + 100_003 * resumes, target)
         if self.join:
             self.registry.check_joinable(job)
+        if self.extension:
+            self.store.record_extension(ATTR_OVERRIDE, self.extension)
         self.book = Runbook(job, self.tracker, driver_id=self.driver_id, storage=self.storage, data_license=credit(data))
         self.budget = SearchBudget(job, self.store, shared=self.shared, joined=self.join, started=self.started)
         if ATTR_PARENT in self.store.attrs:
             self.book.reopen_parent(self.store.attrs[ATTR_PARENT])
+            if self.extension:
+                self.book.extended(self.extension)
             if self.resume:  # only a resume reruns RUNNING trials: with --join they may be a live driver's
                 take_over(self)
         else:
@@ -393,6 +404,7 @@ class Driver:
     def finish(self, status: str = "FINISHED") -> Any:
         """Write results.csv and, as the last driver of the study, the parent's summary; returns
         the results table."""
+        self.observer.search_ended()
         if status == "FINISHED" and self.pending:
             drop_pending(self)
         self.registry.set_state("finished" if status == "FINISHED" else status.lower())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import typing
 from dataclasses import dataclass
@@ -51,6 +52,19 @@ from attntune.search.records import (
 EXPORTABLE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 PACKAGES = ("attntune", "torch", "optuna", "mlflow")
 
+# The TaskConfig fields each task reads (attntune.model.data): the exported ``task`` section has
+# these only, so a tsv task's file carries no generated-task settings (n_train, n_symbols, ...)
+# and a generated task's none of a tsv file's (path, src_col, tokenizers, ...).
+_TASK_COMMON = ("name", "vocab_size", "max_pairs", "val_size", "test_size", "max_tokens", "split_seed")
+_SEQUENCES = ("n_train", "min_seq_len", "max_seq_len", "n_symbols")
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "tsv": _TASK_COMMON
+    + ("path", "src_col", "tgt_col", "license", "attribution", "src_tokenizer", "tgt_tokenizer", "lowercase"),
+    "reverse": _TASK_COMMON + _SEQUENCES,
+    "sort": _TASK_COMMON + _SEQUENCES,
+    "numbers": _TASK_COMMON + ("n_train",),
+}
+
 
 class ExportError(RecordsError):
     """The export cannot be done as asked (no such trial, nothing on the front, bad output path)."""
@@ -68,7 +82,7 @@ class Export:
 
     @property
     def train_command(self) -> str:
-        return f"attntune train {self.path}"
+        return f"attntune train {shlex.quote(str(self.path))}"
 
 
 # --------------------------------------------------------------------------- choosing the trial
@@ -199,6 +213,24 @@ def _section(cls: type, base: Any, params: dict[str, str], prefix: str) -> dict[
     return values
 
 
+def task_section(task: TaskConfig) -> dict[str, Any]:
+    """The ``task`` section: the fields ``task.name`` reads (``TASK_FIELDS``), in TaskConfig's
+    order; every field for a task not listed there.
+
+    A generated task's data fingerprint hashes its whole config (``attntune.model.data``), so a
+    field it does not read is still written where the search set it away from its default: the
+    production run then reads the same config and records the search's fingerprint. A tsv task's
+    fingerprint is its file's, so its section has its own fields only."""
+    values = to_dict(task)
+    used = TASK_FIELDS.get(task.name)
+    if used is None:
+        return values
+    if task.name == "tsv":
+        return {k: v for k, v in values.items() if k in used}
+    defaults = to_dict(TaskConfig(name=task.name))
+    return {k: v for k, v in values.items() if k in used or v != defaults[k]}
+
+
 def _job_of(client: Any, run_id: str) -> Any:
     """The search job from the parent's ``job.yaml`` artifact (None, None when it cannot be read)."""
     text = artifact_text(client, run_id, "job.yaml")
@@ -263,7 +295,7 @@ def build_document(client: Any, search: SearchData, trial: TrialRecord, experime
         "tracking_uri": search.tracking_uri,
         "versions": _versions(),
     }
-    doc = {"task": to_dict(task), "model": model_d, "train": train_d, "provenance": provenance}
+    doc = {"task": task_section(task), "model": model_d, "train": train_d, "provenance": provenance}
     try:
         load_dataclass(RunConfig, doc)
     except ConfigError as e:
@@ -354,9 +386,16 @@ def _shown(path: Path) -> Path:
 
 
 def print_export(result: Export, file: Any = None) -> None:
+    """What was written (docs/mlflow.md): the trial, its metric, the file, the command to train it;
+    for ``--pick``, the rule and the trial's objectives."""
     out = file or sys.stdout
     t = result.trial
+    prov = result.document.get("provenance") or {}
     value = f"{result.metric}={t.score:.6g}" if t.score is not None else f"{result.metric}=n/a"
-    print(f"exported trial {t.number} ({t.state}, {value}) of search run {result.search_run_id}", file=out)
+    experiment = f" (experiment {prov['experiment']})" if prov.get("experiment") else ""
+    print(f"exported trial {t.number} ({t.state}, {value}) of search run {result.search_run_id}{experiment}", file=out)
+    if "pick" in prov:
+        objectives = ", ".join(f"{k}={v:.6g}" for k, v in (prov.get("objectives") or {}).items())
+        print(f"picked: {prov['pick']}, from {len(prov.get('pareto_trials') or [])} Pareto trials ({objectives})", file=out)
     print(f"config: {result.path}", file=out)
     print(f"train it: {result.train_command}", file=out)

@@ -1,4 +1,5 @@
-"""Whether a sampled config may be trained at all, decided before anything is built.
+"""Whether a sampled config may be trained at all, and whether the scheduler can act on it,
+decided before anything is built.
 
 A config over ``max_params``, one that misses a static constraint (``n_params``, ``flops``), or
 one whose memory estimate exceeds a trial's share is INFEASIBLE: recorded, never trained, and it
@@ -9,12 +10,15 @@ vocabulary sizes alone (``model.cost``), so the driver never imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from attntune.model.config import RunConfig
 from attntune.model.cost import n_params
+from attntune.model.data import steps_per_round
 from attntune.search.job import SearchJob
 from attntune.search.memory import memory_problem
 from attntune.search.objectives import static_values
+from attntune.search.schedulers import SCHEDULERS, warmup_warning
 
 MAX_CONSECUTIVE_INFEASIBLE = 200
 
@@ -48,3 +52,21 @@ class Feasibility:
                 if c.violation(values[c.name]) > 0:
                     return f"{c.name}={values[c.name]:.4g} violates the constraint {c}"
         return memory_problem(cfg, self.vocab, self.max_tokens, self.memory_limit, cuda=self.on_gpu)
+
+
+def launch_warnings(job: SearchJob, data: Any) -> list[str]:
+    """What the user should know before the search starts: a warm-up range that outlasts the
+    epochs a scheduler may judge (``schedulers.warmup_warning``), measured on the task's data."""
+    params = {p.name: p for p in job.space.params}
+    train = job.base.train
+    warm = params.get("train.warmup_steps")
+    lo, hi = (min(warm.extremes()), max(warm.extremes())) if warm else (train.warmup_steps, train.warmup_steps)
+    batch = params.get("train.batch_size")
+    size = int(max(batch.extremes())) if batch else train.batch_size  # the fewest steps per epoch
+    steps = steps_per_round(
+        data.train, size, train.batch_unit, train.max_steps_per_epoch, train.round_tokens, train.round_steps
+    )
+    where = f"space {job.space.name}" if warm else "train.warmup_steps"
+    line = warmup_warning(SCHEDULERS.get(job.scheduler), job.budget, steps, (int(lo), int(hi)), where)
+    return [line] if line else []
+

@@ -21,6 +21,7 @@ from attntune.model.config import (
     TaskConfig,
     TrainConfig,
     Validated,
+    file_not_found,
     load_dataclass,
     parse_dataclass,
     parse_fields,
@@ -312,7 +313,7 @@ def read_yaml(path: str | Path) -> Any:
     """``yaml.safe_load`` a file; any problem becomes one ConfigError line naming file and line."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{p}: file not found")
+        raise ConfigError(f"{p}: {file_not_found(p)}")
     if p.is_dir():
         raise ConfigError(f"{p}: is a folder, expected a YAML file")
     try:

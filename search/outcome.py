@@ -230,6 +230,9 @@ def settle(
     }
     if outcome.info.get("tokens_per_s") is not None:
         attrs["tokens_per_s"] = outcome.info["tokens_per_s"]
+    bleu = trial_value(history, "val_bleu", "max")[0]  # shown by `attntune results` whatever the metric
+    if bleu is not None:
+        attrs["best_val_bleu"] = bleu
     tags: dict[str, Any] = {"epochs_run": epochs}
     if why:
         attrs["failure"] = tags["failure_reason"] = why
@@ -243,7 +246,7 @@ def settle(
         if not extra["feasible"]:
             missed = "; ".join(str(c) for c, x in zip(measured, extra["constraint_violations"], strict=True) if x > 0)
             tags["infeasible_reason"] = missed
-    final: dict[str, float] = {}
+    final: dict[str, float] = {"best_val_bleu": bleu} if bleu is not None else {}
     if best is not None:
         final[f"best_{metric}"] = best
         if "latency_ms" in extra:

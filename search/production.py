@@ -4,7 +4,8 @@ Why here and not in ``attntune.model``: the training loop must run on a bare GPU
 MLflow; this module wraps it. A ``train`` run lands in the experiment of the search it came from
 (``provenance.experiment``/``provenance.job`` of an exported config, else ``attntune-train``),
 tagged ``attntune.kind=train`` with the search and trial run ids, so the MLflow UI shows the
-production run beside the search that chose it. Writes go through the one ``Tracker`` (batched
+production run beside the search that chose it. Its name says the model, when it started and its
+budget (``train d64 h4 L1 lr3e-3 2026-12-01T17:30:05 6ep``), so runs of one config stay apart. Writes go through the one ``Tracker`` (batched
 metrics, explicit run id); only ``mlflow.pyfunc.log_model`` needs the fluent API.
 
 The model is logged "from code" (``search/pyfunc_model.py``) with the safetensors weights, the
@@ -20,25 +21,32 @@ Two ways to use it::
 
     # after the fact
     record = log_training_run(run_cfg, result, out, data, tracking_uri, register_as="my-model")
+
+``download_checkpoint`` brings a logged checkpoint back (``runs:/...``, ``models:/NAME/VERSION``)
+for ``attntune translate``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import shutil
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from attntune.model.config import RunConfig, to_dict
+from attntune.model.config import ConfigError, RunConfig, to_dict
 from attntune.search.job import TrackingConfig
-from attntune.search.tracking import TAG_JOB, TAG_KIND, TAG_LICENSE, TAG_SEARCH, Tracker
+from attntune.search.tracking import TAG_JOB, TAG_KIND, TAG_LICENSE, TAG_SEARCH, Tracker, check_tracking_uri
 
 DEFAULT_EXPERIMENT = "attntune-train"
 MODEL_NAME = "model"  # the logged model's name inside the run
@@ -95,11 +103,51 @@ def flat_params(run_cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _run_name(run_cfg: RunConfig) -> str:
+def _count(n: float) -> str:
+    """5000 -> 5k, 1500000 -> 1.5M: a budget in a run name."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:g}"
+
+
+def _duration(seconds: float) -> str:
+    """480 -> 8m, 7200 -> 2h, 90 -> 90s."""
+    for size, suffix in ((3600, "h"), (60, "m")):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{suffix}"
+    return f"{seconds:g}s"
+
+
+def budget_label(run_cfg: RunConfig, budget: Mapping[str, Any] | None = None) -> str:
+    """What a production run was allowed to spend, for its name: ``6ep``, ``50ktok``, ``8m``, ``50ktok 8m``.
+
+    ``budget`` holds ``attntune train``'s ``max_tokens``, ``time_limit_s`` and ``open_ended`` (the time
+    limit alone bounds the run); without it, the recipe's epochs (or rounds of tokens / steps).
+    """
+    b, t = dict(budget or {}), run_cfg.train
+    parts = []
+    if b.get("max_tokens"):
+        parts.append(f"{_count(b['max_tokens'])}tok")
+    elif not b.get("open_ended"):
+        if t.round_tokens:
+            parts.append(f"{_count(t.epochs * t.round_tokens)}tok")
+        elif t.round_steps:
+            parts.append(f"{_count(t.epochs * t.round_steps)}steps")
+        else:
+            parts.append(f"{t.epochs}ep")
+    if b.get("time_limit_s"):
+        parts.append(_duration(float(b["time_limit_s"])))
+    return " ".join(parts)
+
+
+def run_name(run_cfg: RunConfig, started: datetime, budget: Mapping[str, Any] | None = None) -> str:
+    """``train d64 h4 L1 lr3e-3 2026-12-01T17:30:05 6ep``: the model, when it started, its budget."""
     m, t = run_cfg.model, run_cfg.train
     depth = f"L{m.n_encoder_layers}" if m.n_encoder_layers == m.n_decoder_layers else f"L{m.n_encoder_layers}/{m.n_decoder_layers}"
     mant, exp = f"{t.lr:.0e}".split("e")
-    return f"train d{m.d_model} h{m.n_heads} {depth} lr{mant}e{int(exp)}"
+    when = started.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"train d{m.d_model} h{m.n_heads} {depth} lr{mant}e{int(exp)} {when} {budget_label(run_cfg, budget)}"
 
 
 def _license(data: Any) -> str | None:
@@ -187,8 +235,10 @@ class TrainingRun:
         *,
         config_path: str | Path | None = None,
         check: bool = True,
+        budget: Mapping[str, Any] | None = None,
     ):
         self.run_cfg = run_cfg
+        self.budget = {k: v for k, v in (budget or {}).items() if v}
         self.data = data
         self.uri = resolve_tracking_uri(tracking_uri)
         self.config_path = Path(config_path) if config_path else None
@@ -239,7 +289,12 @@ class TrainingRun:
             tags["attntune.config_file"] = self.config_path.name
         source = f" from trial {prov['trial_number']} of search run {prov['search_run_id']}" if prov.get("search_run_id") else ""
         tags["mlflow.note.content"] = f"attntune production training{source}."
-        self.run_id = self.tracker.create_run(_run_name(self.run_cfg), tags=tags, params=flat_params(self.run_cfg))
+        tags["attntune.budget"] = budget_label(self.run_cfg, self.budget)
+        params = flat_params(self.run_cfg)
+        params.update({f"budget.{k}": v for k, v in self.budget.items() if k in ("max_tokens", "time_limit_s")})
+        self.run_id = self.tracker.create_run(
+            self._free_name(run_name(self.run_cfg, datetime.now(), self.budget)), tags=tags, params=params
+        )
         if self.config_path and self.config_path.is_file():
             self.tracker.log_artifact(self.run_id, self.config_path)
         else:
@@ -247,6 +302,18 @@ class TrainingRun:
             self.tracker.log_text(self.run_id, text, "config.yaml")
         self.tracker.flush()
         return self.run_id
+
+    def _free_name(self, name: str) -> str:
+        """``name``, or ``name #2``, ``#3``... when a run of the experiment has it (two runs in one second)."""
+        exp = self.experiment_id
+        pattern = name.replace("'", "")
+
+        def fn(c: Any) -> set[str]:
+            runs = c.search_runs([exp], filter_string=f"attributes.run_name LIKE '{pattern}%'", max_results=1000)
+            return {r.info.run_name for r in runs}
+
+        taken = self.tracker.call(fn)
+        return next(n for n in itertools.chain([name], (f"{name} #{i}" for i in itertools.count(2))) if n not in taken)
 
     # ------------------------------------------------------------------ during training
     def reporter(self, inner: Any | None = None) -> _LoggingReporter:
@@ -287,6 +354,8 @@ class TrainingRun:
             "epochs_run": getattr(result, "epochs_run", len(self._epochs_logged)),
             "stopped_early": bool(getattr(result, "stopped_early", False)),
         }
+        if getattr(result, "stopped_by", None):
+            tags["stopped_by"] = result.stopped_by
         if getattr(result, "n_params", None) is not None:
             self.tracker.log_params(self.run_id, {"n_params": result.n_params})
         self.tracker.set_tags(self.run_id, tags)
@@ -365,3 +434,82 @@ def log_training_run(
         record = tr.finish(result, checkpoint_dir, register_as=register_as)
         tr.tracker.set_tags(record.run_id, {"attntune.log_seconds": round(time.time() - t0, 2)})
     return record
+
+
+# --------------------------------------------------------------------------- checkpoints from MLflow
+
+MLFLOW_PREFIXES = ("runs:/", "models:/")
+
+
+def is_mlflow_address(text: str) -> bool:
+    """``runs:/...`` or ``models:/...``: a checkpoint to fetch from MLflow, not a folder."""
+    return str(text).startswith(MLFLOW_PREFIXES)
+
+
+def download_checkpoint(address: str, tracking_uri: str | None, dst: str | Path) -> Path:
+    """The checkpoint at an MLflow address, downloaded into the folder ``dst``; returns ``dst``.
+
+    Addresses: ``runs:/RUN_ID/checkpoint`` (every ``train`` run's checkpoint files), ``runs:/RUN_ID/model``
+    or just ``runs:/RUN_ID`` (its logged model), ``models:/NAME/VERSION`` (a registered version, as
+    ``--register-as`` makes; ``models:/NAME@alias`` and ``models:/NAME/latest`` too). Only the four
+    files a translation reads are fetched (never ``train_state.pt``); ``load_checkpoint`` then reads
+    them as it reads any folder (safetensors, ``yaml.safe_load``, JSON). Any problem (no store, no such
+    run, model or version, no checkpoint there) raises ConfigError naming the address.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_store(uri, address)
+    if re.fullmatch(r"runs:/[^/]+/?", address):
+        address = f"{address.rstrip('/')}/{MODEL_NAME}"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    folder, scratch = Path(dst), Path(dst) / ".download"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with using_tracking_uri(uri):
+            base = _checkpoint_base(address, uri)
+            for name in ARTIFACT_FILES.values():
+                got = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{base}/{name}", dst_path=str(scratch), tracking_uri=uri
+                )
+                os.replace(got, folder / name)
+    except MlflowException as e:
+        message = (getattr(e, "message", None) or str(e)).strip().splitlines()
+        raise ConfigError(message[0] if message else type(e).__name__, source=address) from None
+    except OSError as e:
+        raise ConfigError(f"cannot download the checkpoint ({e})", source=address) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
+
+
+def _check_store(uri: str, address: str) -> None:
+    """A read must not create a store: a SQLite file that is not there is an error, not a new store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.split(":///", 1)[1]).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"no MLflow store at {uri} ({path} does not exist); pass --tracking-uri or set MLFLOW_TRACKING_URI",
+                source=address,
+            )
+        return
+    check_tracking_uri(uri)
+
+
+def _checkpoint_base(address: str, uri: str, depth: int = 0) -> str:
+    """The address under which the four checkpoint files lie: ``address`` itself, or its
+    ``artifacts/`` folder for a logged model (where ``log_model`` put them)."""
+    import mlflow
+
+    listing = {Path(f.path).name: f for f in mlflow.artifacts.list_artifacts(artifact_uri=address, tracking_uri=uri)}
+    if all(name in listing for name in ARTIFACT_FILES.values()):
+        return address.rstrip("/")
+    if depth == 0 and "artifacts" in listing and listing["artifacts"].is_dir:
+        return _checkpoint_base(f"{address.rstrip('/')}/artifacts", uri, depth + 1)
+    expected = ", ".join(ARTIFACT_FILES.values())
+    raise ConfigError(
+        f"no attntune checkpoint there (expected {expected}; e.g. runs:/RUN_ID/checkpoint, runs:/RUN_ID/model "
+        "or models:/NAME/VERSION)",
+        source=address.removesuffix("/artifacts") if depth else address,
+    )

@@ -406,6 +406,19 @@ def read_trials(client: Any, parent: Any, metric: str, mode: str, *, curves: boo
     return trials
 
 
+def best_values(uri: str, run_ids: Iterable[str], name: str, mode: str) -> dict[str, float]:
+    """Each run's best finite ``name`` over its metric history (one request per run), by run id;
+    runs that never logged it are left out. ``results`` reads a trial's best ``val_bleu`` here when
+    its study record lacks it."""
+    client = open_store(uri)
+    out: dict[str, float] = {}
+    for run_id in run_ids:
+        values = [v for v in (finite(m.value) for m in client.get_metric_history(run_id, name)) if v is not None]
+        if values:
+            out[run_id] = min(values) if mode == "min" else max(values)
+    return out
+
+
 def trial_record(run: Any) -> TrialRecord | None:
     """A child run as a TrialRecord (None for a child that is not a trial); no score yet."""
     tags = dict(run.data.tags)

@@ -142,6 +142,12 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def all_finished(attrs: dict[str, Any]) -> bool:
+    """Whether every driver of the study (its ``driver.<id>`` attrs) finished its search."""
+    drivers = [v for k, v in attrs.items() if k.startswith("driver.") and isinstance(v, dict)]
+    return bool(drivers) and all(d.get("state") == "finished" for d in drivers)
+
+
 class DriverRegistry:
     """The drivers of one study, in its user attrs: ``driver.<id>`` = host, pid, state, time."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,14 @@ from attntune.model.config import ConfigError, to_dict
 from attntune.model.data import build_tsv
 from attntune.search.backends import get_backend
 from attntune.search.backends.base import BackendOptions
+from attntune.search.budget import extend, with_override
 from attntune.search.driver import Driver
 from attntune.search.job import SearchJob
+from attntune.search.outcome import TrialState
 from attntune.search.progress import Progress
-from attntune.search.results import best_row
-from attntune.search.study_store import optuna_storage_url
+from attntune.search.recovery import ATTR_PARENT, all_finished
+from attntune.search.results import best_row, results_table
+from attntune.search.study_store import optuna_storage_url, reading, storage_url, study_exists
 from attntune.search.tracking import check_tracking_uri, is_local_store, runs_address, writable_problem
 from attntune.search.worker import load_task_cached
 
@@ -88,22 +91,42 @@ def run_search(
     address: str | None = None,
     storage: str | None = None,
     quiet: bool = False,
+    verbose: bool = False,
     report: bool = True,
+    more_trials: int | None = None,
+    more_time: float | None = None,
 ) -> SearchResult:
     """Run (or resume, or join) a search to its budget on the job's backend; with ``report``
-    write the HTML report and log it to the search's parent run."""
+    write the HTML report and log it to the search's parent run.
+
+    A resumed search that had finished changes nothing (it says so and returns its results)
+    unless ``more_trials`` or ``more_time`` extend it, on the same study and parent run."""
     preflight(job)
     if join:
         check_join(job)
     storage = optuna_storage_url(storage) if storage else None
+    extension = None
+    if more_trials is not None or more_time is not None:
+        if not resume:
+            raise ConfigError("--more-trials/--time-limit: they extend an earlier search; use them with resume")
+    if resume:
+        past = past_search(job, storage)
+        job = with_override(job, past.attrs)
+        if past.finished and more_trials is None and more_time is None:
+            return _finished(job, past)
+        if more_trials is not None or more_time is not None:
+            extension = extend(job, past.counted, past.time_used, more_trials, more_time)
+            job = replace(job, budget=replace(job.budget, **extension))
     backend = get_backend(job.backend)
     # Warm the workers (imports, data) while the driver opens the study and MLflow.
     prepared = backend.prepare(job, BackendOptions(gpus=gpus, address=address))
     try:
-        driver = Driver(job, resume=resume, join=join, storage=storage)
+        driver = Driver(job, resume=resume, join=join, storage=storage, extension=extension)
         driver.open()
-        driver.observer = Progress(driver, quiet=quiet)
+        driver.observer = Progress(driver, quiet=quiet, verbose=verbose)
         _print_runs_address(job, driver.tracker.experiment_id, quiet)
+        for line in driver.warnings:
+            print(f"warning: {line}", file=sys.stderr)
         status, code = _drive(driver, backend, prepared)
     finally:
         backend.shutdown(prepared)
@@ -126,6 +149,43 @@ def run_search(
     for w in warnings[:5]:
         print(f"warning: MLflow write failed: {w}", file=sys.stderr)
     return SearchResult(job, table, driver.parent_run_id, driver.tracker.experiment_id, best_row(table, job.mode), job.output)
+
+
+@dataclass(frozen=True)
+class PastSearch:
+    """What a resume needs to know of the search it continues, read before anything opens."""
+
+    attrs: dict[str, Any]
+    table: Any  # the results table
+    counted: int  # trials that used budget
+    time_used: float  # seconds, over every session so far
+    finished: bool  # every driver finished and no trial is left RUNNING
+
+
+def past_search(job: SearchJob, storage: str | None) -> PastSearch:
+    """The study of ``job``'s earlier search, read and released (``study_store.reading``)."""
+    if not study_exists(storage or storage_url(job.output), job.name):
+        raise ConfigError(f"{job.name}: no search to resume in {job.output} (run it first)")
+    with reading(job.output, url=storage, name=job.name if storage else None) as study:
+        attrs = dict(study.user_attrs)
+        table = results_table(study)
+    states = table["state"].tolist() if len(table) else []
+    counted = sum(1 for s in states if s != TrialState.INFEASIBLE)
+    return PastSearch(
+        attrs, table, counted, float(attrs.get("time_used_s", 0.0)),
+        finished=all_finished(attrs) and TrialState.RUNNING not in states,
+    )  # fmt: skip
+
+
+def _finished(job: SearchJob, past: PastSearch) -> SearchResult:
+    """``resume`` of a finished search: say so, change nothing, show its results."""
+    print(
+        f"search {job.name} is finished ({past.counted} trials, {past.time_used:.0f} s); nothing to resume. "
+        f"To search on: attntune resume {job.output} --more-trials N (and/or --time-limit 10m)",
+        file=sys.stderr,
+    )
+    exp = str(past.attrs.get("experiment_id") or "")
+    return SearchResult(job, past.table, str(past.attrs.get(ATTR_PARENT)), exp, best_row(past.table, job.mode), job.output)
 
 
 def _drive(driver: Driver, backend: Any, prepared: Any) -> tuple[str, int]:

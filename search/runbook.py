@@ -96,6 +96,13 @@ class Runbook:
         self.parent_run_id = run_id
         self.tracker.reopen_run(run_id)
 
+    def extended(self, budget: Mapping[str, Any]) -> None:
+        """A finished search given more trials or time: its parent run says so (its params keep
+        the job as first run; params cannot change)."""
+        assert self.parent_run_id is not None
+        shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
+        self.tracker.set_tags(self.parent_run_id, {"attntune.extended": shown})
+
     def _find(self, filter_string: str) -> list[Any]:
         exp = self.tracker.experiment_id
         return self.tracker.call(lambda c: search_all(c, [exp], filter_string))

@@ -185,6 +185,29 @@ def wants_decision(decide: Decide | None, epoch: int, metrics: Mapping[str, floa
     return not warming_up((metrics or {}).get("step"), warmup)
 
 
+def warmup_warning(
+    scheduler: Scheduler, budget: Budget, steps_per_epoch: float, warmups: tuple[int, int], where: str
+) -> str | None:
+    """The line to show before launch when some configs can never be judged: a scheduler judges
+    a trial only after its warm-up (``wants_decision``), and the last epoch it may stop one after
+    is ``max_epochs - 1``; a warm-up that outlasts it makes the scheduler a spectator."""
+    if not scheduler.judges or budget.max_epochs - 1 < budget.min_epochs:
+        return None
+    word = "epoch" if budget.unit == "epochs" else "round"
+    first, last = budget.min_epochs, budget.max_epochs - 1
+    last_step = last * steps_per_epoch
+    lo, hi = warmups
+    if hi <= last_step:
+        return None
+    who = "no trial" if lo > last_step else f"trials with more than {last_step:.0f} warm-up steps"
+    return (
+        f"scheduler {scheduler.name} judges trials after {word}s {first}-{last} (about "
+        f"{first * steps_per_epoch:.0f}-{last_step:.0f} optimizer steps), but train.warmup_steps goes up to "
+        f"{hi} ({where}) and no scheduler judges a trial still warming up: {who} can be stopped early. "
+        f"Narrow the warm-up range or raise budget.max_epochs."
+    )
+
+
 # --------------------------------------------------------------------------- MO-ASHA
 
 

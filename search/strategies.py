@@ -37,7 +37,10 @@ class Strategy:
     description: str = ""
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategy")
+# Presets expand into a (strategy, scheduler) pair; they are valid strategy names.
+PRESETS: dict[str, tuple[str, str]] = {"bohb": ("tpe", "hyperband")}
+
+STRATEGIES: Registry[Strategy] = Registry("strategy", presets=PRESETS)
 
 
 def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext], Any]:
@@ -60,10 +63,6 @@ def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext
             return factory(ctx)
 
     return make
-
-
-# Presets expand into a (strategy, scheduler) pair.
-PRESETS: dict[str, tuple[str, str]] = {"bohb": ("tpe", "hyperband")}
 
 
 def _startup(ctx: SamplerContext) -> int:

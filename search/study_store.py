@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,17 +108,18 @@ def find_output(name_or_folder: str, root: str | Path = DEFAULT_OUTPUT_ROOT) -> 
 
 
 @contextlib.contextmanager
-def reading(folder: Path) -> Iterator[Any]:
-    """The study of a finished or interrupted search, read and released (no -wal/-shm left)."""
+def reading(folder: Path, *, url: str | None = None, name: str | None = None) -> Iterator[Any]:
+    """The study of a finished or interrupted search, read and released (no -wal/-shm left):
+    the one in ``folder``'s study.db, or study ``name`` at ``url`` (``--storage``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url(folder))
+    storage = open_storage(url or storage_url(folder))
     try:
         names = optuna.get_all_study_names(storage)
-        if not names:
-            raise ConfigError(f"{folder}: the study storage holds no search")
-        yield optuna.load_study(study_name=names[0], storage=storage)
+        if not names or (name is not None and name not in names):
+            raise ConfigError(f"{folder}: the study storage holds no search" + (f" named {name!r}" if name else ""))
+        yield optuna.load_study(study_name=name or names[0], storage=storage)
     finally:
         release(storage)
 
@@ -208,6 +210,11 @@ class StudyStore:
         """User attributes of a live trial (one small commit each)."""
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+
+    def record_extension(self, key: str, budget: dict[str, Any]) -> None:
+        """A resumed search's new budget under ``key``, and every extension in ``extensions``."""
+        self.set_attr(key, budget)
+        self.set_attr("extensions", [*self.attrs.get("extensions", []), {**budget, "at": time.time()}])
 
     def record_job(self, job: Any, started_at: float, experiment_id: str | None) -> None:
         """What ``resume``, ``--join`` and ``report`` need to know of the search, from the study

@@ -13,7 +13,15 @@ import torch
 from attntune.model.checkpoint import translate
 from attntune.model.config import ConfigError, ModelConfig, TaskConfig, TrainConfig
 from attntune.model.data import load_task
-from attntune.model.train import DivergedError, LossCeiling, lr_at, train
+from attntune.model.train import (
+    DivergedError,
+    LossCeiling,
+    RunBudget,
+    lr_at,
+    schedule_steps,
+    token_budget_recipe,
+    train,
+)
 from attntune.model.transformer import n_params
 
 TINY = ModelConfig(d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.1, max_len=32)
@@ -285,3 +293,58 @@ def test_short_tatoeba_run_lowers_val_loss(tatoeba_path: Path):
     result = train(model, cfg, data)
     losses = [h["val_loss"] for h in result.history]
     assert losses[1] < losses[0] < math.log(data.tgt_vocab_size)
+
+
+# --------------------------------------------------------------------------- production budgets (attntune train)
+
+
+def test_token_budget_trains_exactly_that_many_tokens(reverse_data):
+    """--max-tokens: equal rounds that do not drift, the last batch cut to fit, and a cosine schedule
+    that spans exactly the steps the tokens take (it reaches 0 on the last one)."""
+    cfg = TrainConfig(**{**ROUNDS.__dict__, "schedule": "cosine", "epochs": 4})
+    recipe = token_budget_recipe(cfg, 7001)
+    assert (recipe.round_tokens, recipe.epochs) == (1751, 4)  # train.epochs equal rounds
+    budget = RunBudget(max_tokens=7001)
+    rec = Recorder()
+    result = train(TINY, recipe, reverse_data, rec, budget=budget)
+    tokens = [m["tokens"] for _, m in rec.reports]
+    assert [e for e, _ in rec.reports] == [1, 2, 3, 4] and tokens[-1] == 7001 and result.stopped_by is None
+    longest = max(len(t) - 1 for _, t in reverse_data.train)
+    for k, total in enumerate(tokens[:-1], 1):  # round k ends at the first batch past k x 1751
+        assert k * 1751 <= total < k * 1751 + recipe.batch_size * longest
+    steps = rec.reports[-1][1]["step"]
+    assert steps == schedule_steps(recipe, reverse_data, budget)
+    assert rec.reports[-1][1]["lr"] == lr_at(steps, recipe, steps) == 0.0
+
+
+def test_token_budget_keeps_a_configs_round_size_and_refuses_step_rounds():
+    exported = TrainConfig(round_tokens=1000, epochs=9)  # a config from a token-budget search
+    assert (token_budget_recipe(exported, 4500).round_tokens, token_budget_recipe(exported, 4500).epochs) == (1000, 5)
+    assert token_budget_recipe(exported, 4500, rounds=3).round_tokens == 1500  # --epochs 3
+    with pytest.raises(ConfigError, match="train.round_steps"):
+        token_budget_recipe(TrainConfig(round_steps=10), 4500)
+    with pytest.raises(ConfigError, match="max_tokens: must be > 0"):
+        RunBudget(max_tokens=0)
+    with pytest.raises(ConfigError, match="open_ended"):
+        RunBudget(max_tokens=10, time_limit_s=5, open_ended=True)
+
+
+def test_time_limit_stops_at_a_step_boundary_with_a_decayed_schedule(reverse_data, tmp_path):
+    """A time limit alone: epochs until the time runs out (train.epochs 1000 does not apply), the last
+    one partial, evaluated and checkpointed; the cosine schedule has decayed to about 0 by then."""
+    cfg = TrainConfig(**{**FAST.__dict__, "schedule": "cosine", "epochs": 1000, "max_steps_per_epoch": 10})
+    rec = Recorder()
+    t0 = time.perf_counter()
+    result = train(TINY, cfg, reverse_data, rec, checkpoint_dir=tmp_path, budget=RunBudget(time_limit_s=1.5, open_ended=True))
+    elapsed = time.perf_counter() - t0
+    assert result.stopped_by == "time_limit" and not result.stopped_early
+    assert 1.0 <= elapsed < 10, elapsed
+    assert 2 <= result.epochs_run < 1000 and (tmp_path / "model.safetensors").is_file()
+    lrs = [m["lr"] for _, m in rec.reports]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # after warm-up (10 steps) it only falls
+    assert lrs[-1] < 0.1 * cfg.lr
+    steps = [m["step"] for _, m in rec.reports]
+    assert steps[-1] - steps[-2] <= 10  # the last epoch may be partial
+    # with a recipe that ends first, the time limit changes nothing but the schedule's floor
+    short = train(TINY, FAST, reverse_data, budget=RunBudget(time_limit_s=600))
+    assert short.stopped_by is None and comparable(short.history) == comparable(train(TINY, FAST, reverse_data).history)

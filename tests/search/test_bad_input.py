@@ -7,6 +7,9 @@ same bytes (no experiment or run added, no output folder) and no Ray temp folder
 
 Tests run as root, where ``chmod`` does not stop writes: the unwritable output folders are a path
 under a regular file and a path under ``/proc``.
+
+Usage mistakes (unknown command or option, missing argument), ``--version``, a bare ``attntune``
+and every ``--help`` run through the installed ``attntune`` console script, as a person runs it.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +95,13 @@ CASES: dict[str, Case] = {
         _job(scheduler="asha", budget={"n_trials": 2, "max_epochs": 2, "min_epochs": 1}),
         ("budget.max_epochs (2) must be >= 3 x budget.min_epochs (1)",),
     ),
-    "data-missing": Case(_job(task=_tsv("nowhere.tsv")), ("error: nowhere.tsv: file not found",)),
+    "unknown-strategy": Case(
+        _job(strategy="bohbb"),
+        ("job.yaml: strategy: 'bohbb' is not a known strategy (valid: random, grid, tpe, gp, cmaes, nsga2, bohb)",),
+    ),
+    "data-missing": Case(
+        _job(task=_tsv("data/nowhere.tsv")), ("error: data/nowhere.tsv: file not found (looked in {folder}/data)",)
+    ),
     "data-empty": Case(_job(task=_tsv("empty.tsv")), ("error: empty.tsv: file is empty",), files={"empty.tsv": b"\n \n"}),
     "data-undecodable": Case(
         _job(task=_tsv("latin1.tsv")),
@@ -192,7 +203,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_no_trace(name: str, ran: dic
     assert r.code == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     for needle in CASES[name].needles:
-        assert needle in lines[0], lines[0]
+        assert needle.replace("{folder}", str(r.folder)) in lines[0], lines[0]
     assert r.after == r.before, "the CLI wrote something"  # same store bytes, no output folder
     assert not (r.folder / "raytmp").exists(), "Ray was started"
     assert not (r.folder / "PWNED").exists()
@@ -291,3 +302,175 @@ def test_cli_servers_bind_loopback_by_default() -> None:
 
     default = inspect.signature(cli.ui).parameters["host"].default
     assert default == "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- the command line itself
+
+ATTNTUNE = Path(sys.executable).parent / "attntune"  # the installed console script
+
+
+def _attntune(*args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    return subprocess.run(
+        [str(ATTNTUNE), *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def _concurrently(calls: dict[str, tuple[str, ...]], cwd: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Each CLI call is mostly interpreter start-up: run them four at a time."""
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(_attntune, *args, cwd=cwd, stdin="a sentence\n") for name, args in calls.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+# args, and what the one line must say ({cwd}: the folder the command ran in)
+USAGE: dict[str, tuple[tuple[str, ...], str]] = {
+    "no-such-command": (("frobnicate",), "error: attntune: no such command 'frobnicate' (commands: train, "),
+    "no-such-option-before-command": (("--frobnicate",), "error: attntune: no such option: --frobnicate"),
+    "run-without-job-file": (("run",), "error: attntune run: missing argument 'JOB_FILE'; see attntune run --help"),
+    "results-misspelt-option": (("results", "demo", "--sortt", "x"), "error: attntune results: no such option: --sortt"),
+    "export-positional-name": (("export", "demo"), "error: attntune export: "),
+    "train-unknown-flag": (("train", "x.yaml", "--no-such-flag"), "no such option: --no-such-flag"),
+    "translate-without-text": (("translate", "--checkpoint", "C"), "error: "),  # the sentences come on stdin
+    "flag-with-a-value": (("run", "x.yaml", "--resume=yes"), "error: option '--resume' does not take a value"),
+    "jobs-without-subcommand": (("jobs",), "error: attntune jobs: missing command (commands: list, status, logs, stop)"),
+    "jobs-no-such-subcommand": (("jobs", "frobnicate"), "error: attntune jobs: no such command 'frobnicate'"),
+    "job-file-not-found": (("run", "jobs/nope.yaml"), "error: jobs/nope.yaml: file not found (looked in {cwd}/jobs)"),
+    "train-config-not-found": (("train", "nope.yaml"), "error: nope.yaml: file not found (looked in {cwd})"),
+}
+
+
+@pytest.fixture(scope="module")
+def usage_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    cwd = tmp_path_factory.mktemp("usage")
+    return cwd, _concurrently({name: args for name, (args, _) in USAGE.items()}, cwd)
+
+
+@pytest.mark.parametrize("name", list(USAGE))
+def test_usage_mistakes_exit_2_with_one_line(name: str, usage_runs: tuple[Path, dict[str, subprocess.CompletedProcess]]) -> None:
+    cwd, runs = usage_runs
+    r = runs[name]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and "Usage:" not in r.stderr
+    assert USAGE[name][1].replace("{cwd}", str(cwd)) in lines[0], lines[0]
+    assert r.stdout == ""
+    assert sorted(p.name for p in cwd.iterdir()) == [], "a usage mistake wrote something"
+
+
+def test_version_and_bare_attntune(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    runs = _concurrently({"version": ("--version",), "bare": (), "help": ("--help",)}, tmp_path)
+    assert (runs["version"].returncode, runs["version"].stdout, runs["version"].stderr) == (
+        0, f"attntune {version('attntune')}\n", ""
+    )  # fmt: skip
+    # A bare `attntune` is `attntune --help`: the help on stdout, exit 0 (docs/conventions.md).
+    bare = runs["bare"]
+    assert (bare.returncode, bare.stderr) == (0, ""), bare.stderr
+    assert bare.stdout == runs["help"].stdout
+    assert "Usage: attntune [OPTIONS] COMMAND [ARGS]..." in bare.stdout
+    for command in ("run", "resume", "results", "report", "ui", "export", "train", "translate", "submit", "jobs"):
+        assert re.search(rf"^\W*{command}\s", bare.stdout, re.M), command
+
+
+def _commands() -> dict[tuple[str, ...], Any]:
+    """Every command and group of the app (by its words after ``attntune``), from typer's click tree."""
+    import typer.main
+
+    from attntune.search.cli import app
+
+    out: dict[tuple[str, ...], Any] = {}
+
+    def walk(path: tuple[str, ...], cmd: Any) -> None:
+        out[path] = cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk((*path, name), sub)
+
+    walk((), typer.main.get_command(app))
+    return out
+
+
+def _undocumented(text: str, cmd: Any) -> list[str]:
+    """The parameters of ``cmd`` whose row in the help ``text`` has no description, or no row."""
+    names = {}
+    for p in cmd.params:
+        shown = p.opts if p.param_type_name == "option" else [p.metavar or p.name]
+        names[p.name] = set(shown) | set(p.secondary_opts)
+    names["help"] = {"--help"}
+    rows = [[c for c in re.split(r"\s{2,}", ln.strip().strip("│").strip()) if c] for ln in text.splitlines()]
+    bad = []
+    for name, shown in names.items():
+        row = next((r for r in rows if shown & {c.strip("* ") for c in r}), None)
+        if row is None:
+            bad.append(f"{name} (not listed)")
+            continue
+        rest = [re.sub(r"\[(default: [^\]]*|required)\]", "", c).strip("* ") for c in row if c.strip("* ") not in shown]
+        rest = [c for c in rest if c and not re.fullmatch(r"-\w|<[^>]*>(\.\.\.)?|[A-Z_]+(\.\.\.)?", c)]
+        if not rest:
+            bad.append(name)
+    return bad
+
+
+def test_every_help_reads_cleanly(tmp_path: Path) -> None:
+    """``--help`` of the app and of every command and subcommand: exit 0, no ``<bool>`` after a
+    flag, no ``{arg}`` placeholder, and every option and argument with its description."""
+    commands = _commands()
+    assert {("run",), ("translate",), ("jobs",), ("jobs", "logs")} <= set(commands)
+    runs = _concurrently({" ".join(path): (*path, "--help") for path in commands}, tmp_path)
+    problems = []
+    for path, cmd in commands.items():
+        r = runs[" ".join(path)]
+        where = " ".join(("attntune", *path, "--help"))
+        if r.returncode != 0 or r.stderr:
+            problems.append(f"{where}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            continue
+        if "<bool>" in r.stdout:
+            problems.append(f"{where}: <bool>")
+        placeholder = re.search(r".*\{\w+\}.*", r.stdout)
+        if placeholder:
+            problems.append(f"{where}: placeholder in {placeholder[0].strip()!r}")
+        problems += [f"{where}: {name} has no description" for name in _undocumented(r.stdout, cmd)]
+        for p in cmd.params:  # the source too: help= on every option and argument
+            if not getattr(p, "help", None):
+                problems.append(f"{where}: {p.name} has no help=")
+    assert problems == []
+
+
+def test_mlflow_first_run_logs_no_info_lines(tmp_path: Path) -> None:
+    """A new store's first run: MLflow (driver and workers) creates its tables, and alembic
+    migrates them, without an ``INFO`` line on the user's terminal."""
+    job = tiny_job("fresh", budget={"n_trials": 1, "max_epochs": 1, "min_epochs": 1})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_LOGGING")}  # as a user has it
+    (tmp_path / "fresh").mkdir()
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    r = _attntune("run", "job.yaml", "--tracking-uri", uri, "--no-report", "--quiet", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "fresh" / "mlflow.db").is_file()  # the store was created by this run
+    noisy = [ln for ln in r.stderr.splitlines() if re.search(r"\bINFO\b", ln)]
+    assert noisy == [], r.stderr
+
+
+def test_ctrl_c_in_a_command_exits_130(tmp_path: Path) -> None:
+    """typer turns a KeyboardInterrupt into its own exit code; the CLI still says so and exits 130
+    (a search has its own handler: test_resume)."""
+    import signal
+
+    code = (
+        "import sys, time\n"
+        "from attntune.search import cli\n"
+        "@cli.app.command('sleepy')\n"
+        "def sleepy() -> None:\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "sleepy"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "interrupted\n")

@@ -8,6 +8,7 @@ exactly like the checkpoint and loads without any unpickling.
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import random
@@ -18,9 +19,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from attntune.model.config import load_run_config
+from attntune.model.config import TaskConfig, load_run_config, to_dict
 from attntune.search.cli import main
-from attntune.search.export import pick_trial
+from attntune.search.export import TASK_FIELDS, Export, pick_trial, print_export, task_section
 from attntune.search.job import parse_job
 from attntune.search.records import TrialRecord, load_search
 from attntune.search.run import run_search
@@ -91,8 +92,13 @@ def test_default_export_is_the_best_complete_trial(search: SimpleNamespace, caps
     code, out, err = _cli(capsys, "export", "--experiment", NAME)
     assert code == 0, err
     path = Path("attntune-runs") / NAME / "best.yaml"
-    assert f"config: {path}" in out
-    assert f"attntune train {path}" in out
+    # What it wrote (docs/mlflow.md): the trial and its metric, the file, the command to train it.
+    assert out.splitlines() == [
+        f"exported trial {int(best['number'])} (COMPLETE, val_loss={float(best['value']):.6g}) of search run "
+        f"{search.result.parent_run_id} (experiment {NAME})",
+        f"config: {path}",
+        f"train it: attntune train {path}",
+    ]
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     run = load_run_config(doc, source=str(path))  # exactly what `attntune train` reads
     prov = doc["provenance"]
@@ -109,7 +115,11 @@ def test_default_export_is_the_best_complete_trial(search: SimpleNamespace, caps
     assert run.model.n_encoder_layers == params["model.n_encoder_layers"]
     assert math.isclose(run.train.lr, params["train.lr"], rel_tol=1e-6)
     assert run.train.epochs == MAX_EPOCHS
-    assert run.task == search.job.base.task
+    # A tsv task's section has a tsv task's fields only: the job's n_train, n_symbols and
+    # max_seq_len (tiny_job's, ignored by a tsv task) are not carried over.
+    assert list(doc["task"]) == [k for k in to_dict(run.task) if k in TASK_FIELDS["tsv"]]
+    assert not {"n_train", "n_symbols", "min_seq_len", "max_seq_len"} & set(doc["task"])
+    assert {k: getattr(run.task, k) for k in doc["task"]} == {k: getattr(search.job.base.task, k) for k in doc["task"]}
     assert run.train.max_steps_per_epoch == search.job.base.train.max_steps_per_epoch
 
 
@@ -171,6 +181,41 @@ def test_output_outside_cwd_and_output_folder_exits_2(
     assert not (search.folder.parent / "sneaky.yaml").exists()
 
 
+@pytest.mark.parametrize("name", ["reverse", "sort", "numbers"])
+def test_a_generated_task_exports_its_own_fields(name: str) -> None:
+    """No tsv field (path, columns, tokenizers, license): only what the task reads, except a field
+    the job set away from its default, kept so the config (and so the data fingerprint, a hash of
+    it) is the search's."""
+    task = TaskConfig(name=name, n_train=300, max_seq_len=9, n_symbols=12, val_size=32, test_size=8)
+    section = task_section(task)
+    assert not {"path", "src_col", "tgt_col", "license", "attribution", "src_tokenizer", "tgt_tokenizer"} & set(section)
+    assert section["n_train"] == 300 and section["val_size"] == 32
+    assert load_run_config({"task": section}).task == task
+    if name == "numbers":  # numbers reads neither sequence lengths nor symbols, but the job set two
+        assert "min_seq_len" not in section and section["max_seq_len"] == 9
+    odd = TaskConfig(name=name, src_tokenizer="bpe")  # ignored by a generated task, but set
+    assert task_section(odd)["src_tokenizer"] == "bpe" and load_run_config({"task": task_section(odd)}).task == odd
+    plain = task_section(TaskConfig(name="tsv", path="p.tsv", n_train=400, n_symbols=10))
+    assert list(plain) == [k for k in to_dict(TaskConfig()) if k in TASK_FIELDS["tsv"]]
+
+
+def test_a_pick_says_how_the_trial_was_chosen() -> None:
+    """--pick/--knee: the rule, the front's size and the trial's objectives follow the first line;
+    a path with a space is quoted in the train command."""
+    prov = {"experiment": "mo", "pick": "knee of the front", "pareto_trials": [1, 4, 6], "objectives": {"val_loss": 2.5, "n_params": 15872}}
+    result = Export(
+        Path("my best.yaml"), TrialRecord(4, "r4", "t004", "COMPLETE", score=2.5), "abc", "val_loss", {"provenance": prov}
+    )
+    out = io.StringIO()
+    print_export(result, out)
+    assert out.getvalue().splitlines() == [
+        "exported trial 4 (COMPLETE, val_loss=2.5) of search run abc (experiment mo)",
+        "picked: knee of the front, from 3 Pareto trials (val_loss=2.5, n_params=15872)",
+        "config: my best.yaml",
+        "train it: attntune train 'my best.yaml'",
+    ]
+
+
 def test_nan_and_inf_never_win() -> None:
     def trial(number: int, state: str, score: float) -> TrialRecord:
         return TrialRecord(number, f"r{number}", f"t{number:03d}", state, score=score)
@@ -197,26 +242,10 @@ def test_the_read_model_agrees_with_the_results_table(search: SimpleNamespace) -
     assert data.best().score == pytest.approx(float(best["value"]), rel=1e-12)
 
 
-def _train_and_register(search: SimpleNamespace, config: Path, capsys: pytest.CaptureFixture) -> str:
-    """`attntune train CONFIG --epochs 1 --register-as MODEL`; returns the checkpoint folder.
-
-    Until the train command records itself in MLflow, the same training is done through the
-    library calls it will make (attntune.model.train.train + production.log_training_run)."""
-    import attntune.search.train_cmd as train_cmd
-
-    if "production" in Path(train_cmd.__file__).read_text(encoding="utf-8"):
-        code, out, err = _cli(capsys, "train", str(config), "--epochs", "1", "--register-as", MODEL, "--output", "prod")
-        assert code == 0, err
-        return "prod"
-    from attntune.model.config import apply_overrides
-    from attntune.model.data import load_task
-    from attntune.model.train import train
-    from attntune.search.production import log_training_run
-
-    run = apply_overrides(load_run_config(yaml.safe_load(config.read_text()), str(config)), {"train.epochs": 1})
-    data = load_task(run.task)
-    result = train(run.model, run.train, data, None, checkpoint_dir="prod", resume=False, provenance=run.provenance)
-    log_training_run(run, result, "prod", data, None, register_as=MODEL, config_path=config)
+def _train_and_register(config: Path, capsys: pytest.CaptureFixture) -> str:
+    """`attntune train CONFIG --epochs 1 --register-as MODEL`; returns the checkpoint folder."""
+    code, out, err = _cli(capsys, "train", str(config), "--epochs", "1", "--register-as", MODEL, "--output", "prod")
+    assert code == 0, err
     return "prod"
 
 
@@ -233,7 +262,7 @@ def test_export_train_register_and_load_without_pickle(
     if not config.exists():
         assert _cli(capsys, "export", "--experiment", NAME)[0] == 0
     prov = yaml.safe_load(config.read_text())["provenance"]
-    ckpt = _train_and_register(search, config, capsys)
+    ckpt = _train_and_register(config, capsys)
 
     client = MlflowClient(search.uri)
     version = client.get_model_version(MODEL, "1")
@@ -245,6 +274,7 @@ def test_export_train_register_and_load_without_pickle(
     assert tags["attntune.search_run_id"] == prov["search_run_id"]
     assert tags["attntune.trial_run_id"] == prov["trial_run_id"]
     assert tags["data.license"].startswith(LICENSE) and ATTRIBUTION in tags["data.license"]
+    assert tags["data.fingerprint"] == prov["data_fingerprint"] and "data.fingerprint_changed" not in tags
     assert client.get_experiment(run.info.experiment_id).name == NAME  # beside its search
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1]
     assert run.data.params["model.d_model"] == str(yaml.safe_load(config.read_text())["model"]["d_model"])

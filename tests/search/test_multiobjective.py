@@ -25,7 +25,6 @@ from attntune.search.job import load_job, parse_job
 from attntune.search.pareto import dominates
 from attntune.search.records import TrialRecord, load_search
 from attntune.search.run import SearchResult, run_search
-from attntune.search.schedulers import wants_decision
 from tests.conftest import fresh_store, tiny_job, write_job
 
 MAX_PARAMS = 20_000
@@ -246,15 +245,6 @@ def test_bad_multi_objective_jobs_name_the_rule(changes: dict[str, Any], needle:
     with pytest.raises(ConfigError) as e:
         parse_job(raw)
     assert needle in str(e.value)
-
-
-def test_no_verdict_before_warmup_has_ended() -> None:
-    decide = (1, 4, 12)  # judged from epoch 1 to 3, warmup 12 steps
-    assert not wants_decision(decide, 1, {"step": 6})  # still warming up
-    assert not wants_decision(decide, 2, {"step": 12})  # the last warmup step
-    assert wants_decision(decide, 3, {"step": 18})
-    assert not wants_decision(decide, 4, {"step": 24})  # the last epoch is never judged
-    assert not wants_decision(None, 2, {"step": 100})  # scheduler none
 
 
 @pytest.mark.parametrize("warmup", [0, 12])

@@ -39,18 +39,6 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "INFEASIBLE": "FINISHED", "FAILED": "FAILED"}
 
 
-def _ray_backend_missing() -> str | None:
-    """Why the Ray variants cannot run here (None when they can)."""
-    try:
-        import attntune.search.backends.ray_backend  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import problem means: not available yet
-        return f"attntune.search.backends.ray_backend does not import ({type(e).__name__}: {e})"
-    return None
-
-
-needs_ray = pytest.mark.skipif(_ray_backend_missing() is not None, reason=str(_ray_backend_missing()))
-
-
 # --------------------------------------------------------------------------- the driver process
 
 
@@ -340,7 +328,6 @@ def test_sigterm_and_ctrl_c_exit_143_and_130_then_a_resume_out_of_time(workdir: 
             assert run.info.status == "KILLED" and run.data.tags["failure_kind"] == "killed"
 
 
-@needs_ray
 def test_ray_backend_killed_then_terminated_then_resumed(workdir: Path, mlflow_template: Path) -> None:
     """The same guarantees with trials on Ray: SIGKILL mid-trial, resume, SIGTERM mid-trial
     (exit 143, Ray's trials' runs KILLED), resume to the budget."""

@@ -32,7 +32,7 @@ def test_every_strategy_samples_without_printing_warnings(name: str, caplog: pyt
         for i in range(6):
             trial = study.ask()
             values = space.sample(trial)
-            assert values  # every strategy proposes a full config
+            assert set(values) == set(space.names())  # every strategy proposes a full config
             study.tell(trial, [float(i % 3) + 0.1 * i] * n_obj if n_obj > 1 else float(i % 3) + 0.1 * i)
     optuna.logging.disable_propagation()
     assert [str(w.message) for w in caught] == []

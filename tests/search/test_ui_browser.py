@@ -258,7 +258,7 @@ def test_compare_view_of_two_trials_shows_val_loss(search: SimpleNamespace, ui: 
     text = _wait_text(browser, "val_loss")
     assert "Comparing 2 Runs" in text
     for r in search.children[:2]:
-        assert r.info.run_name in _wait_text(browser, r.info.run_name, timeout=30)
+        _wait_text(browser, r.info.run_name, timeout=30)  # fails unless the page shows the trial's name
     browser.save_screenshot(str(tmp_path / "compare.png"))
 
 
