@@ -10,6 +10,7 @@ task and (in ``attntune.search``) search-job sections.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import operator
@@ -169,11 +170,18 @@ def format_errors(errors: Iterable[Mapping[str, Any]], prefix: str, valid_keys: 
     return [f"{key}: {_describe(errs, valid_keys)}" for key, errs in groups.items()]
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``, did you mean 'd_model'?`` for a misspelt name (nothing when no choice is close)."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.75)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
 def _describe(errs: list[Mapping[str, Any]], valid_keys: Iterable[str]) -> str:
     err = errs[0]
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
-        return f"unknown key (valid keys: {', '.join(sorted(valid_keys))})"
+        name = str(err["loc"][-1]) if err.get("loc") else ""
+        return f"unknown key{did_you_mean(name, valid_keys)} (valid keys: {', '.join(sorted(valid_keys))})"
     if kind == "missing":
         return "required key is missing"
     if kind == "rule":

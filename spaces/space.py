@@ -43,6 +43,7 @@ from attntune.model.config import (
     TrainConfig,
     apply_overrides,
     config_fields,
+    did_you_mean,
     format_errors,
     parse_fields,
     pydantic_type,
@@ -415,8 +416,8 @@ def parse_space(data: Any, base: RunConfig | None = None, name: str = "inline") 
                 problems.append(f"space.{pname}: task settings cannot be searched")
             else:
                 problems.append(
-                    f"space.{pname}: unknown parameter (valid: model.*/train.* config keys or "
-                    f"{', '.join(sorted(PSEUDO_PARAMS))})"
+                    f"space.{pname}: unknown parameter{did_you_mean(str(pname), valid)} (valid: model.*/train.* "
+                    f"config keys or {', '.join(sorted(PSEUDO_PARAMS))})"
                 )
             continue
         try:

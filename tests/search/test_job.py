@@ -208,4 +208,13 @@ def test_yaml_exponent_strings_are_numbers_and_bools_are_not() -> None:
 
 def test_unknown_job_key_names_the_valid_keys() -> None:
     line = _problems(tiny_job(resources={"gpu": 1}))
-    assert line == "job.yaml: resources.gpu: unknown key (valid keys: cpus, gpus, memory_gb)"
+    assert line == "job.yaml: resources.gpu: unknown key, did you mean 'gpus'? (valid keys: cpus, gpus, memory_gb)"
+
+
+def test_a_misspelt_key_or_parameter_is_answered_with_the_name_meant() -> None:
+    raw = tiny_job("typo", model={"d_mdoel": 64}, space={"params": {"model.n_head": [1, 2]}})
+    with pytest.raises(ConfigError) as e:
+        parse_job(raw)
+    line = e.value.line()
+    assert "model.d_mdoel: unknown key, did you mean 'd_model'?" in line
+    assert "space.model.n_head: unknown parameter, did you mean 'model.n_heads'?" in line
