@@ -220,6 +220,22 @@ def header_data(d: SearchData) -> dict[str, Any]:
         "counts": d.counts(),
         "best": best_data(d),
         "rungs": rung_epochs(d),
+        "baseline": baseline_data(d),
+    }
+
+
+def baseline_data(d: SearchData) -> dict[str, Any] | None:
+    """The best trial against the baseline (``SearchData.gain``); None without a baseline."""
+    gain = d.gain()
+    if gain is None:
+        return None
+    return {
+        "value": gain.baseline,
+        "noise": gain.noise,
+        "repeats": gain.repeats,
+        "gain": gain.gain,
+        "beats": gain.beats,
+        "line": gain.line(d.metric),
     }
 
 

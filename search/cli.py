@@ -223,6 +223,17 @@ def translate(
 # --------------------------------------------------------------------------- search
 
 
+def _print_gain(console: Any, job: Any, table: Any) -> None:
+    """The best trial against the job's baseline, or why the search had none."""
+    from attntune.search.results import table_gain  # lazy: pandas
+
+    gain = table_gain(table, job.mode)
+    if gain is not None:
+        console.print(gain.line(job.metric), soft_wrap=True)
+    elif job.baseline_note:
+        console.print(f"no baseline trial: {job.baseline_note}", soft_wrap=True)
+
+
 def _print_best(result: Any) -> None:
     from rich.console import Console
 
@@ -262,6 +273,7 @@ def _print_best(result: Any) -> None:
         return
     b = result.best
     console.print(f"best: trial {int(b['number'])} {job.metric}={float(b['value']):.4g}")
+    _print_gain(console, job, t)
     keys = [c for c in t.columns if c.startswith(("model.", "train."))]
     ints = _int_fields()
     for k in keys:
@@ -386,7 +398,7 @@ def results(
     """Show a search's results table."""
     from rich.console import Console
 
-    from attntune.search.results import ResultsView  # lazy: pandas
+    from attntune.search.results import ResultsView, table_gain  # lazy: pandas
 
     folder = find_output(name_or_folder)
     with reading(folder) as study:  # read once; leaves no -wal/-shm files behind
@@ -398,6 +410,9 @@ def results(
         return
     console = Console()
     console.print(view.render(rows, cols, view.title(len(rows), states=state, top=top), console.width, fit=not columns))
+    gain = table_gain(view.table, view.mode)
+    if gain is not None:
+        console.print(gain.line(view.metric), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- report

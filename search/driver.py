@@ -27,6 +27,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from attntune.model.config import ConfigError, RunConfig, to_dict
@@ -45,6 +46,7 @@ from attntune.search.outcome import (
     settle,
 )
 from attntune.search.recovery import (
+    ATTR_BASELINE,
     ATTR_PARENT,
     ATTR_RUN,
     ATTR_STATE,
@@ -179,6 +181,9 @@ class Driver:
         """The study's attributes first (a driver killed before the parent run is recorded leaves a
         study `attntune resume FOLDER` can open), then the parent run, then its id in the study."""
         self.store.record_job(self.job, started_at=self.started, experiment_id=self.tracker.experiment_id)
+        if self.job.baseline is not None:  # trials 0.. : the reference every trial is compared with
+            for k in range(self.job.baseline.repeats):
+                self.store.enqueue(self.job.baseline.values, {ATTR_BASELINE: k})
         started_at = float(self.store.attrs.get("started_at", self.started))
         parent = self.book.start_parent(fingerprint, adopt=self.resume, started_at=started_at)
         self.store.set_attr(ATTR_PARENT, parent)
@@ -220,36 +225,40 @@ class Driver:
             trial, trial_id = self.store.ask()
             self.budget.forget()
             driver_fault("asked", trial.number)
-            values = self.job.space.sample(trial)
-            cfg, count, reason = self.check(values)
+            values = self.job.space.sample(trial)  # a baseline's enqueued values come back as they were
+            baseline = trial.user_attrs.get(ATTR_BASELINE)
+            cfg, count, reason = self.check(values, baseline or 0)
             if reason is None:
-                return self.start(trial, trial_id, values, cfg, count)
+                return self.start(trial, trial_id, values, cfg, count, baseline=baseline)
             self.infeasible(trial, values, cfg, reason, count)
         raise ConfigError(
             f"space: {MAX_CONSECUTIVE_INFEASIBLE} samples in a row are infeasible (the last: {reason}); lower the model or "
             "batch sizes, or relax max_params, constraints or the memory limit"
         )
 
-    def check(self, values: dict[str, Any]) -> tuple[Any, Any, str | None]:
-        """(config, n_params, why it must not be trained or None) of a sample."""
+    def check(self, values: dict[str, Any], seed_offset: int = 0) -> tuple[Any, Any, str | None]:
+        """(config, n_params, why it must not be trained or None) of a sample; a baseline's
+        repeats train with the seed ``seed_offset`` after the job's."""
         try:
             cfg = make_config(self.job.base, values)
+            if seed_offset:
+                cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + seed_offset))
         except ConfigError as e:  # the space checks make this unreachable; never train it
             return None, None, f"invalid config: {e.line()}"
         count = self.feasibility.n_params(cfg)
         return cfg, count, self.feasibility.problem(cfg, count)
 
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
-              run_id: str | None = None) -> RunningTrial:  # fmt: skip
+              run_id: str | None = None, baseline: int | None = None) -> RunningTrial:  # fmt: skip
         """Give a feasible sample its child run and attributes; it is then RUNNING."""
-        run_id = self.book.trial_started(trial.number, values, cfg, count, run_id)
+        run_id = self.book.trial_started(trial.number, values, cfg, count, run_id, baseline=baseline)
         driver_fault("run", trial.number)
         attrs: dict[str, Any] = {ATTR_RUN: run_id, "n_params": count, "head_dim": cfg.model.head_dim}
         if self.job.uses("flops"):
             attrs["flops"] = self.feasibility.statics(cfg, count)["flops"]
         attrs.update(config=flat_config(cfg), attempts=1, start_time=time.time())
         self.store.set_trial_attrs(trial, attrs)
-        rt = RunningTrial(trial.number, trial, trial_id, values, cfg, count, run_id)
+        rt = RunningTrial(trial.number, trial, trial_id, values, cfg, count, run_id, baseline=baseline)
         self.running[rt.number] = rt
         return rt
 
@@ -271,7 +280,10 @@ class Driver:
         self.observer.trial_started(rt)
 
     def decision_window(self, rt: RunningTrial) -> tuple[int, int, int] | None:
-        """Epochs the scheduler may judge ``rt`` at (``schedulers.wants_decision``)."""
+        """Epochs the scheduler may judge ``rt`` at (``schedulers.wants_decision``); never for
+        the baseline, the reference every trial is compared with."""
+        if rt.baseline is not None:
+            return None
         return decision_window(self.scheduler, self.job.budget, rt.config.train.warmup_steps)
 
     # ------------------------------------------------------------------ events from trials

@@ -33,7 +33,7 @@ from attntune.model.config import (
     to_dict,
 )
 from attntune.search.job import parse_job, parse_yaml_text
-from attntune.search.outcome import TrialState, finite
+from attntune.search.outcome import Gain, TrialState, baseline_gain, finite
 from attntune.search.pareto import knee_index, to_min
 from attntune.search.records import (
     RecordsError,
@@ -79,6 +79,7 @@ class Export:
     search_run_id: str
     metric: str
     document: dict[str, Any]
+    gain: Gain | None = None  # the best trial against the search's baseline
 
     @property
     def train_command(self) -> str:
@@ -369,12 +370,15 @@ def export_config(
         doc["provenance"]["objectives"] = {
             name: v for (name, _m), v in zip(objectives, objective_vector(chosen, objectives) or [], strict=False)
         }
+    gain = baseline_gain(search.trials, search.mode, baseline=lambda t: t.baseline, value=lambda t: t.score)
+    if gain is not None:
+        doc["provenance"]["baseline"] = {"value": gain.baseline, "repeats": gain.repeats, "noise": gain.noise}
     text = render(doc, run_id, chosen)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
-    return Export(path=_shown(target), trial=chosen, search_run_id=run_id, metric=metric, document=doc)
+    return Export(path=_shown(target), trial=chosen, search_run_id=run_id, metric=metric, document=doc, gain=gain)
 
 
 def _shown(path: Path) -> Path:
@@ -399,3 +403,21 @@ def print_export(result: Export, file: Any = None) -> None:
         print(f"picked: {prov['pick']}, from {len(prov.get('pareto_trials') or [])} Pareto trials ({objectives})", file=out)
     print(f"config: {result.path}", file=out)
     print(f"train it: {result.train_command}", file=out)
+    note = gain_note(result)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def gain_note(result: Export) -> str | None:
+    """A warning when the exported best trial does not beat the search's baseline by more than
+    the baseline repeats' spread (its noise): its config may train no better than the baseline."""
+    gain, t = result.gain, result.trial
+    if gain is None or t.number != gain.best_number:
+        return None
+    if gain.gain <= 0:
+        return f"note: no trial beat the baseline on {result.metric}; the exported config is the baseline's or ties it"
+    if gain.beats is None:
+        return f"note: {gain.line(result.metric)}; the baseline ran once, so its noise is unknown"
+    if not gain.beats:
+        return f"warning: {gain.line(result.metric)}: the exported config may train no better than the baseline"
+    return None

@@ -21,6 +21,7 @@ from attntune.model.config import (
     TaskConfig,
     TrainConfig,
     Validated,
+    apply_overrides,
     file_not_found,
     load_dataclass,
     parse_dataclass,
@@ -37,7 +38,7 @@ from attntune.search.objectives import (
 )
 from attntune.search.schedulers import SCHEDULERS, Scheduler
 from attntune.search.strategies import PRESETS, STRATEGIES, Strategy
-from attntune.spaces.space import Space, load_space
+from attntune.spaces.space import Space, expand, load_space, project
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_OUTPUT_ROOT = "attntune-runs"
@@ -223,6 +224,18 @@ class _JobFile:
     description: str = ""
     objectives: Any = None  # {name: min|max}: several make a multi-objective search
     constraints: Any = None  # ["n_params <= 20e6", "latency_ms <= 5"]
+    baseline: Any = "default"  # the config trials are compared with: default | none | a file | {key: value}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The config every trial is compared with, trained first (trials 0..repeats-1, the training
+    seed differing) and never stopped early, so a search's best is never worse than it on the
+    search's own metric and the repeats tell the metric's noise."""
+
+    values: dict[str, Any]  # the space's parameters that give the config (spaces.space.project)
+    repeats: int
+    source: str  # "default", the file it came from, or "job file"
 
 
 @dataclass(frozen=True)
@@ -251,6 +264,8 @@ class SearchJob:
     # (search.objectives.Objective, ...): the first reported one is ``metric``/``mode``.
     objectives: tuple = ()
     constraints: tuple = ()
+    baseline: Baseline | None = None
+    baseline_note: str = ""  # why a default baseline was left out (its config is outside the space)
 
     @property
     def multi_objective(self) -> bool:
@@ -380,6 +395,7 @@ def parse_job(
     except ConfigError as e:
         problems.extend(e.problems)
     problems.extend(_compatibility(plan, space, raw.budget, metric, objectives))
+    baseline, note = (None, "") if space is None else _baseline(raw, plan.strategy, space, base, source, problems)
     if problems:
         raise ConfigError(problems, source)
     assert space is not None and mode is not None
@@ -390,7 +406,7 @@ def parse_job(
         backend=backend_name, tracking=tracking, output=out,
         max_params=raw.max_params if raw.max_params is not None else space.max_params,
         retries=raw.retries, description=raw.description, source_text=text, source_path=source,
-        objectives=objectives, constraints=constraints,
+        objectives=objectives, constraints=constraints, baseline=baseline, baseline_note=note,
     )  # fmt: skip
 
 
@@ -449,6 +465,62 @@ def _objectives(
             f"(known metrics: {', '.join(METRIC_MODES)})"
         )
     return raw, metric, mode, objectives
+
+
+def _baseline(
+    raw: _JobFile, strategy: str, space: Space, base: RunConfig, source: str, problems: list[str]
+) -> tuple[Baseline | None, str]:
+    """The job's baseline and, when the default one is left out, why. ``baseline:`` is
+    ``default`` (the job's own model and train settings over attntune's defaults), ``none``, a
+    ``train`` config file (its model and train sections), or a mapping of parameters (space
+    names or config keys) over the default, with an optional ``repeats`` (default: 2 from 8
+    trials on, else 1)."""
+    spec = raw.baseline
+    if spec in (None, False, "none", "off"):
+        return None, ""
+    explicit = spec != "default"
+    if strategy == "grid":
+        if explicit:
+            problems.append("baseline: strategy grid trains every point of its grid already; remove baseline")
+        return None, "strategy grid trains every point of its grid"
+    repeats = 2 if raw.budget.n_trials >= 8 else 1
+    cfg, label = base, "default"
+    try:
+        if isinstance(spec, str) and spec != "default":
+            cfg, label = _baseline_file(spec, base, source), spec
+        elif isinstance(spec, dict):
+            settings = dict(spec)
+            repeats = settings.pop("repeats", repeats)
+            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+                raise ConfigError(f"baseline.repeats: must be a whole number >= 1, got {repeats!r}")
+            cfg, label = apply_overrides(base, expand(settings, base)), "job file"
+        elif spec != "default":
+            raise ConfigError(f"baseline: expected default, none, a train config file or a mapping, got {spec!r}")
+    except ConfigError as e:
+        problems.extend(p if p.startswith("baseline") else f"baseline: {p}" for p in e.problems)
+        return None, ""
+    values, outside = project(space, cfg)
+    if outside:
+        if explicit:
+            problems.extend(f"baseline: {p}" for p in outside)
+            return None, ""
+        return None, f"the default config is outside the space ({'; '.join(outside)})"
+    return Baseline(values, repeats, label), ""
+
+
+def _baseline_file(path: str, base: RunConfig, source: str) -> RunConfig:
+    """``base`` with the model and train sections of a train config file (``attntune export``'s
+    schema; its epochs are the search's to set). Looked up in the current folder, then beside
+    the job file."""
+    p = Path(path)
+    if not p.exists() and source and (Path(source).parent / p).exists():
+        p = Path(source).parent / p
+    data, _ = read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a train config (task, model, train sections)")
+    train = {k: v for k, v in (data.get("train") or {}).items() if k != "epochs"}
+    model = data.get("model") or {}
+    return apply_overrides(base, {**{f"model.{k}": v for k, v in model.items()}, **{f"train.{k}": v for k, v in train.items()}})
 
 
 def _base_config(raw: _JobFile, data: dict[str, Any], problems: list[str]) -> RunConfig:

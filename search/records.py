@@ -23,10 +23,10 @@ import yaml
 
 from attntune.model.config import ConfigError
 from attntune.search.job import TrackingConfig
-from attntune.search.outcome import FINISHED_STATES, TrialState, best_of, finite, ranked
+from attntune.search.outcome import FINISHED_STATES, Gain, TrialState, baseline_gain, best_of, finite, ranked
 from attntune.search.outcome import pareto_front as outcome_front
 from attntune.search.study_store import find_output, study_attrs
-from attntune.search.tracking import TAG_KIND, TAG_STATE, TAG_TRIAL, check_tracking_uri
+from attntune.search.tracking import TAG_BASELINE, TAG_KIND, TAG_STATE, TAG_TRIAL, check_tracking_uri
 from attntune.spaces.space import Param, parse_param, parse_space
 
 SEARCH_FILTER = f"tags.`{TAG_KIND}` = 'search'"
@@ -87,6 +87,12 @@ class TrialRecord:
     def stopped_epoch(self) -> int | None:
         s = self.tags.get("stopped_epoch")
         return int(float(s)) if s else None
+
+    @property
+    def baseline(self) -> int | None:
+        """The baseline's repeat, for a baseline trial (tag ``attntune.baseline``)."""
+        s = self.tags.get(TAG_BASELINE)
+        return int(s) if s not in (None, "") else None
 
 
 @dataclass
@@ -168,6 +174,10 @@ class SearchData:
     def ranked(self) -> list[TrialRecord]:
         """Trials that can be the best, best first (ties by trial number)."""
         return ranked(self.trials, self.mode, value=self._value)
+
+    def gain(self) -> Gain | None:
+        """The best trial against the baseline (``outcome.baseline_gain``)."""
+        return baseline_gain(self.trials, self.mode, baseline=lambda t: t.baseline, value=self._value)
 
     def front(self) -> list[TrialRecord]:
         """The Pareto front of a multi-objective search, by trial number ([] for one objective)."""

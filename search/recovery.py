@@ -34,6 +34,7 @@ from attntune.spaces.space import make_config
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_RUN = "mlflow_run_id"
 ATTR_STATE = "attntune_state"
+ATTR_BASELINE = "baseline"
 # Attributes a driver killed while recording a trial's end may have left: the rerun decides them.
 END_ATTRS = (ATTR_STATE, "failure", "failure_kind", "stopped_epoch")
 
@@ -48,9 +49,9 @@ class Restarting(Protocol):
     running: dict[int, RunningTrial]
     pending: list[RunningTrial]
 
-    def check(self, values: dict[str, Any]) -> tuple[Any, Any, str | None]: ...
+    def check(self, values: dict[str, Any], seed_offset: int = 0) -> tuple[Any, Any, str | None]: ...
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
-              run_id: str | None = None) -> RunningTrial: ...  # fmt: skip
+              run_id: str | None = None, baseline: int | None = None) -> RunningTrial: ...  # fmt: skip
     def infeasible(self, trial: Any, values: dict[str, Any], cfg: RunConfig | None, reason: str, count: int | None,
                    run_id: str | None = None) -> None: ...  # fmt: skip
 
@@ -71,11 +72,13 @@ def take_over(driver: Restarting) -> None:
         elif attrs.get(ATTR_RUN) is None:  # never started: complete the sample, check it, start it
             trial, trial_id = driver.store.handle(t)
             values = driver.job.space.sample(trial)  # parameters already drawn come back as they were
-            cfg, count, reason = driver.check(values)
+            baseline = attrs.get(ATTR_BASELINE)
+            cfg, count, reason = driver.check(values, baseline or 0)
             if reason is not None:
                 driver.infeasible(trial, values, cfg, reason, count, run_id)
                 continue
-            driver.pending.append(driver.running.pop(driver.start(trial, trial_id, values, cfg, count, run_id).number))
+            rt = driver.start(trial, trial_id, values, cfg, count, run_id, baseline=baseline)
+            driver.pending.append(driver.running.pop(rt.number))
         else:
             driver.pending.append(_rerun(driver, t, run_id))
     for other in driver.registry.others_running():  # a resume takes over from dead drivers
@@ -89,10 +92,11 @@ def _rerun(driver: Restarting, t: Any, run_id: str) -> RunningTrial:
     attrs = t.user_attrs
     if attrs.get(ATTR_STATE) is not None:  # killed while recording its end: the rerun decides
         driver.store.set_trial_attrs(trial, {k: None for k in END_ATTRS if k in attrs})
-    cfg = make_config(driver.job.base, dict(t.params))
+    baseline = attrs.get(ATTR_BASELINE)
+    cfg, _, _ = driver.check(dict(t.params), baseline or 0)
     return RunningTrial(
         t.number, trial, trial_id, dict(t.params), cfg, int(attrs.get("n_params", 0)), run_id,
-        attempt=int(attrs.get("attempts", 1)) + 1,
+        attempt=int(attrs.get("attempts", 1)) + 1, baseline=baseline,
     )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attntune.model.config import ConfigError
-from attntune.search.outcome import TrialState, best_of, finite, pareto_front, ranked
+from attntune.search.outcome import Gain, TrialState, baseline_gain, best_of, finite, pareto_front, ranked
 from attntune.search.records import best_values, locate_store
 from attntune.search.study_store import state_of
 
@@ -49,6 +49,7 @@ class _Ranked:
     feasible: bool
     value: Any
     key: Any = None  # the table row's index
+    baseline: int | None = None  # the baseline's repeat, for a baseline trial
 
 
 def pareto_numbers(study: Any) -> list[int]:
@@ -90,7 +91,7 @@ def results_table(study: Any) -> pd.DataFrame:
             "start_time": a.get("start_time"),
             "end_time": a.get("end_time"),
         }
-        for k in ("flops", "latency_ms", "feasible", BLEU):
+        for k in ("flops", "latency_ms", "feasible", BLEU, "baseline"):
             if k in a:
                 row[k] = a[k]
         if multi:
@@ -121,7 +122,24 @@ def summary_metrics(table: pd.DataFrame, metric: str, mode: str) -> dict[str, fl
     if best is not None:
         out[f"best_{metric}"] = float(best["value"])
         out["best_trial"] = int(best["number"])
+    gain = table_gain(table, mode)
+    if gain is not None:
+        out["baseline_value"] = gain.baseline
+        out["gain_over_baseline"] = gain.gain
+        if gain.noise is not None:
+            out["baseline_noise"] = gain.noise
     return out
+
+
+def table_gain(table: pd.DataFrame, mode: str) -> Gain | None:
+    """The best trial against the baseline (``outcome.baseline_gain``), from the results table."""
+    if table.empty or "baseline" not in table:
+        return None
+    rows = [
+        _Ranked(int(n), s, bool(f), v, baseline=None if _missing(b) else int(b))
+        for n, s, f, v, b in zip(table["number"], table["state"], feasible(table), table["value"], table["baseline"], strict=True)
+    ]
+    return baseline_gain(rows, mode, baseline=lambda r: r.baseline)
 
 
 def feasible(table: pd.DataFrame) -> pd.Series:

@@ -22,7 +22,16 @@ from attntune.search.faults import driver_fault
 from attntune.search.job import SearchJob
 from attntune.search.outcome import Settled, TrialState
 from attntune.search.records import search_all
-from attntune.search.tracking import TAG_JOB, TAG_KIND, TAG_LICENSE, TAG_SEARCH, TAG_STATE, TAG_TRIAL, Tracker
+from attntune.search.tracking import (
+    TAG_BASELINE,
+    TAG_JOB,
+    TAG_KIND,
+    TAG_LICENSE,
+    TAG_SEARCH,
+    TAG_STATE,
+    TAG_TRIAL,
+    Tracker,
+)
 
 
 def run_name(number: int, cfg: RunConfig) -> str:
@@ -177,9 +186,14 @@ class Runbook:
         self.tracker.log_params(run_id, params)
         return run_id
 
-    def trial_started(self, number: int, values: Mapping[str, Any], cfg: RunConfig, count: int, run_id: str | None) -> str:
+    def trial_started(self, number: int, values: Mapping[str, Any], cfg: RunConfig, count: int, run_id: str | None,
+                      baseline: int | None = None) -> str:  # fmt: skip
         tags = {**self._tags(number, TrialState.RUNNING), "attempts": 1}
-        return self._open(run_name(number, cfg), tags, self._params(values, cfg, count), run_id)
+        name = run_name(number, cfg)
+        if baseline is not None:
+            tags[TAG_BASELINE] = baseline
+            name += " baseline"
+        return self._open(name, tags, self._params(values, cfg, count), run_id)
 
     def trial_infeasible(
         self, number: int, values: Mapping[str, Any], cfg: RunConfig | None, reason: str, count: int | None,

@@ -193,6 +193,10 @@ class StudyStore:
         release(self.storage)
 
     # ------------------------------------------------------------------ trials
+    def enqueue(self, values: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """A trial with these parameters, asked before any sampled one (Optuna's enqueue)."""
+        self.study.enqueue_trial(values, user_attrs=attrs)
+
     def ask(self) -> tuple[Any, int]:
         """A new trial: (its live ``optuna.trial.Trial``, its storage id)."""
         trial = self.study.ask()

@@ -37,6 +37,7 @@ TAG_TRIAL = "attntune.trial_number"
 TAG_SEARCH = "attntune.search_run_id"
 TAG_JOB = "attntune.job"
 TAG_LICENSE = "data.license"
+TAG_BASELINE = "attntune.baseline"  # on a baseline trial's run: which repeat (0, 1, ...)
 
 
 class TrackingError(ConfigError):

@@ -106,6 +106,25 @@ class Param:
     def active(self, values: Mapping[str, Any]) -> bool:
         return all(k in values and values[k] in allowed for k, allowed in self.when)
 
+    def canonical(self, value: Any) -> Any:
+        """``value`` as this parameter gives it (a categorical's own choice, an int as an int);
+        ValueError when the parameter cannot produce it."""
+        if self.type == "categorical":
+            for c in self.choices:
+                if (c is value) if isinstance(c, bool) or isinstance(value, bool) else c == value:
+                    return c
+            raise ValueError(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(value)
+        grid = (value - self.low) / self.step if self.step else 0.0
+        if not self.low - 1e-12 <= value <= self.high + 1e-12 or abs(grid - round(grid)) > 1e-6:
+            raise ValueError(value)
+        if self.type == "int":
+            if float(value) != int(value):
+                raise ValueError(value)
+            return int(value)
+        return float(value)
+
     def suggest(self, trial: Any) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
@@ -205,6 +224,37 @@ def expand(values: Mapping[str, Any], base: RunConfig | None = None) -> dict[str
 def make_config(base: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     """The RunConfig one trial trains: ``base`` with the sampled values applied."""
     return apply_overrides(base, expand(values, base))
+
+
+def project(space: Space, cfg: RunConfig) -> tuple[dict[str, Any], list[str]]:
+    """The space's parameter values that give ``cfg`` (``expand``'s inverse), and what keeps the
+    space from producing it (a value outside a range or the choices), one line each."""
+    m = cfg.model
+    derived: dict[str, Any] = {
+        "model.head_dim": m.d_model // m.n_heads if m.d_model % m.n_heads == 0 else None,
+        "model.d_ff_ratio": m.d_ff / m.d_model,
+        "model.n_layers": m.n_encoder_layers if m.n_encoder_layers == m.n_decoder_layers else None,
+    }
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for p in space.ordered():
+        if not p.active(values):
+            continue
+        section, _, field_name = p.name.partition(".")
+        value = derived[p.name] if p.name in derived else getattr(getattr(cfg, section), field_name)
+        try:
+            values[p.name] = p.canonical(value)
+        except ValueError:
+            problems.append(f"{p.name}={value} is outside the space ({_extent(p)})")
+    if not problems and make_config(cfg, values) != cfg:  # e.g. d_ff not a whole ratio of d_model
+        problems.append("the space cannot produce this exact config (d_ff or d_model differ after expansion)")
+    return values, problems
+
+
+def _extent(p: Param) -> str:
+    if p.type == "categorical":
+        return f"choices {list(p.choices)}"
+    return f"{_num(p.low)}..{_num(p.high)}" + (f" step {_num(p.step)}" if p.step else "")
 
 
 # ---------------------------------------------------------------------- parsing + validation

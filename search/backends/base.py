@@ -94,4 +94,5 @@ def trial_spec(driver: Driving, rt: RunningTrial, threads: int | None, *, checkp
         # in between (checkpointed, but their report was lost with the failed attempt).
         "seen_epoch": rt.seen_epoch,
         "measure_latency": job.uses("latency_ms"),  # latency_ms is an objective or constraint
+        "baseline": rt.baseline,  # never stopped early (Ray's schedulers are told by WarmupGate)
     }

@@ -160,8 +160,8 @@ class WarmupGate(TrialScheduler):
         self.inner.on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if result.get(FINAL_KEY):
-            return TrialScheduler.CONTINUE  # after the last epoch: nothing left to judge
+        if result.get(FINAL_KEY) or (trial.config or {}).get("baseline") is not None:
+            return TrialScheduler.CONTINUE  # after the last epoch, or the baseline: nothing to judge
         warmup = (((trial.config or {}).get("config") or {}).get("train") or {}).get("warmup_steps")
         if not result.get(FAILURE_KEY) and warming_up(result.get("step"), warmup):
             return TrialScheduler.CONTINUE
