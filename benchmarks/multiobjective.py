@@ -29,10 +29,20 @@ Medians over seeds are plain medians (the mean of the two middle values for an e
 figure: the fraction of the budget at which nsga2+mo-asha's median hypervolume first reaches
 nsga2's median hypervolume at the full budget (target: <= 1/2).
 
+Every table is replayed twice, side by side (issue 16): *without* the repeat rule (a config sampled
+again is trained again: the figures recorded before the rule) and *with* it (the driver's "never
+train the same config twice", ``search/repeats.py``: a sample equal to a COMPLETE or PRUNED trial is
+answered from it, told the values the original told or PRUNED, and reads no epoch;
+``run_trials(dedupe=True)``; a repeat does not rank at MO-ASHA's rungs, as the driver copies no
+``rungs`` attribute to it). Each block has its own key line; ``repeats`` is the median number of
+trials per search whose config equals an earlier finished trial's. ``--rule off`` / ``--rule on``
+replays one block only.
+
     python benchmarks/multiobjective.py                          # both tables, 20 seeds, 2 processes
     python benchmarks/multiobjective.py --quick                  # 4 seeds, a smoke test
     python benchmarks/multiobjective.py --curves benchmarks/data/curves_numbers.csv --budget-epochs 128
     python benchmarks/multiobjective.py --no-warmup-gate         # judge during warmup too (the old replay)
+    python benchmarks/multiobjective.py --rule off               # without the repeat rule only
 
 Sizes come from the tables' ``n_params`` column (``benchmarks/record_curves.py`` writes one). A table
 without it gets them computed from the configurations with ``attntune.model.cost.n_params``,
@@ -61,6 +71,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/multiobjective.py` from anyw
     sys.path.insert(0, str(REPO))
 
 from attntune.search.pareto import hypervolume_2d, pareto_mask  # noqa: E402
+from attntune.search.repeats import MAX_CONSECUTIVE_REPEATS  # noqa: E402
 from attntune.search.schedulers import moasha_due, moasha_stops  # noqa: E402
 from benchmarks.replay import (  # noqa: E402
     COMPLETE,
@@ -149,12 +160,13 @@ def mo_replay(
     *,
     min_epochs: int = 1,
     warmup_gate: bool = True,
+    dedupe: bool = False,
 ) -> Trace:
     """One multi-objective search on ``curves`` until ``budget_epochs`` epochs are spent.
 
     A completed trial's ``value`` is its best val_loss; its size is ``sizes[curves.key(values)]``.
     ``warmup_gate=False`` judges trials during their warmup too (the replay before the driver had the
-    gate).
+    gate). ``dedupe=True`` answers a repeat of a finished trial from it (``run_trials``).
     """
     import optuna
 
@@ -177,7 +189,7 @@ def mo_replay(
     trace = Trace(strategy, "mo-asha" if early_stop else "none", seed, budget_epochs, "min")
     return run_trials(
         study, curves, trace, MoAsha(rungs, curves, sizes), budget_epochs=budget_epochs, metric=METRIC,
-        min_epochs=min_epochs, judges=early_stop and moasha.judges, warmup_gate=warmup_gate,
+        min_epochs=min_epochs, judges=early_stop and moasha.judges, warmup_gate=warmup_gate, dedupe=dedupe,
     )  # fmt: skip
 
 
@@ -258,7 +270,7 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
     """Two real searches on the table's task and grid (optuna backend, concurrency 1, seed 0):
     nsga2 + moasha and nsga2 alone, the same number of trials. Prints each one's epochs and final
     hypervolume (same normalisation as the replay) next to the replay's median at those epochs,
-    so replay and reality can be compared."""
+    so replay and reality can be compared. The replays apply the repeat rule, as the engine does."""
     import subprocess
     import tempfile
 
@@ -307,7 +319,8 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
             pruned = sum(1 for t in study.trials if t.state.name == "PRUNED")
             real_hv = scale.hv([(t.values[0], t.values[1]) for t in done])
             replays = [
-                mo_replay("nsga2", scheduler == "moasha", curves, sizes, epochs, seed, warmup_gate=not args.no_warmup_gate)
+                mo_replay("nsga2", scheduler == "moasha", curves, sizes, epochs, seed,
+                          warmup_gate=not args.no_warmup_gate, dedupe=True)  # fmt: skip
                 for seed in range(args.seeds)
             ]
             replay_hv = median([hv_at(hv_steps(tr, curves, sizes, scale), epochs) for tr in replays])
@@ -330,42 +343,55 @@ def _table(path: str) -> tuple[Curves, dict[Key, int]]:
     return _CACHE[path]
 
 
-def _one(job: tuple[str, str, str, bool, int, int, bool]) -> tuple[str, int, Trace, float]:
-    path, label, strategy, early_stop, budget, seed, gate = job
+def _one(job: tuple[str, str, str, bool, int, int, bool, str]) -> tuple[str, str, int, Trace, float]:
+    path, label, strategy, early_stop, budget, seed, gate, rule = job
     curves, sizes = _table(path)
     t0 = time.perf_counter()
-    trace = mo_replay(strategy, early_stop, curves, sizes, budget, seed, warmup_gate=gate)
-    return label, seed, trace, time.perf_counter() - t0
+    trace = mo_replay(strategy, early_stop, curves, sizes, budget, seed, warmup_gate=gate, dedupe=rule == "on")
+    return rule, label, seed, trace, time.perf_counter() - t0
 
 
 def _frac(x: float) -> str:
     return "> 1" if not math.isfinite(x) else f"{x:.3f}"
 
 
-def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | None) -> float:
-    """Replay every method on one table and print the figures; returns the key fraction."""
+RULES = {
+    "off": "without the repeat rule: a config sampled again is trained again (as recorded before)",
+    "on": "with the repeat rule: a repeat of a COMPLETE or PRUNED trial is answered from it, 0 epochs",
+}
+
+
+def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | None) -> dict[str, float]:
+    """Replay every method on one table, without and with the repeat rule, and print the figures;
+    returns rule -> the key fraction."""
     curves, sizes = _table(str(path))
     scale = Scale(curves, sizes)
     budget = args.budget_epochs or max(1, len(curves.table) // 2) * curves.max_epochs
     seeds = list(range(args.seeds))
     gate = not args.no_warmup_gate
-    jobs = [(str(path), label, s, stop, budget, seed, gate) for label, s, stop in METHODS for seed in seeds]
+    rules = ["off", "on"] if args.rule == "both" else [args.rule]
+    jobs = [
+        (str(path), label, s, stop, budget, seed, gate, rule)
+        for rule in rules
+        for label, s, stop in METHODS
+        for seed in seeds
+    ]
     t0 = time.perf_counter()
     results = list(pool.map(_one, jobs, chunksize=2)) if pool else [_one(j) for j in jobs]
     wall = time.perf_counter() - t0
-    traces: dict[str, list[Trace]] = {}
-    cpu: dict[str, float] = {}
-    for label, _seed, trace, seconds in sorted(results, key=lambda r: (r[0], r[1])):
-        traces.setdefault(label, []).append(trace)
-        cpu[label] = cpu.get(label, 0.0) + seconds
-    steps = {label: [hv_steps(t, curves, sizes, scale) for t in runs] for label, runs in traces.items()}
+    traces: dict[tuple[str, str], list[Trace]] = {}
+    cpu: dict[tuple[str, str], float] = {}
+    for rule, label, _seed, trace, seconds in sorted(results, key=lambda r: (r[0], r[1], r[2])):
+        traces.setdefault((rule, label), []).append(trace)
+        cpu[(rule, label)] = cpu.get((rule, label), 0.0) + seconds
+    steps = {key: [hv_steps(t, curves, sizes, scale) for t in runs] for key, runs in traces.items()}
 
-    def med_hv(label: str, epochs: int) -> float:
-        return median([hv_at(s, epochs) for s in steps[label]])
+    def med_hv(key: tuple[str, str], epochs: int) -> float:
+        return median([hv_at(s, epochs) for s in steps[key]])
 
-    target = med_hv("nsga2", budget)
-    reach = next((e for e in range(1, budget + 1) if med_hv("nsga2+mo-asha", e) >= target - 1e-12), None)
-    key_frac = reach / budget if reach is not None else math.inf
+    def first_reach(key: tuple[str, str], target: float) -> float:
+        reach = next((e for e in range(1, budget + 1) if med_hv(key, e) >= target - 1e-12), None)
+        return reach / budget if reach is not None else math.inf
 
     n_sizes = len(set(sizes.values()))
     print(
@@ -375,10 +401,12 @@ def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | 
     )
     print(
         f"budget {budget} epochs (= {budget // curves.max_epochs} full trials), {len(seeds)} seeds; "
-        f"replays took {wall:.1f}s wall"
+        f"replays took {wall:.1f}s wall ({' and '.join(rules)}: rule {args.rule})"
     )
     if gate:
-        print(f"MO-ASHA judges a trial only once its warmup has ended (schedulers.wants_decision): {step_rule(curves)}")
+        print(
+            f"MO-ASHA judges a trial only once its warmup has ended (schedulers.wants_decision): {step_rule(curves)}"
+        )
     else:
         print("no warmup gate (--no-warmup-gate): MO-ASHA also judges trials still warming up")
     print(
@@ -389,39 +417,66 @@ def benchmark(path: Path, args: argparse.Namespace, pool: ProcessPoolExecutor | 
     cols = "".join(f"{'hv@' + format(f, 'g'):>9}" for f in FRACTIONS)
     header = (
         f"{'method':<14}{cols} {'of ceil':>8} {'front found':>11} {'trials':>7} {'pruned':>7} {'cpu s':>6}"
+        f" {'repeats':>7}"
     )
-    print(f"medians over {len(seeds)} seeds (hv@f: hypervolume after f x the budget; front found: true-front")
-    print("configurations among the completed trials)")
-    print(header)
-    print("-" * len(header))
-    for label, _, _ in METHODS:
-        runs = traces[label]
-        hvs = "".join(f"{med_hv(label, max(1, round(f * budget))):>9.4f}" for f in FRACTIONS)
-        final = med_hv(label, budget)
-        found = median(
-            [
-                float(len({curves.key(t.values) for t in r.trials if t.state == COMPLETE} & scale.front_keys))
-                for r in runs
-            ]
-        )
-        n_trials = median([float(len(r.trials)) for r in runs])
-        n_pruned = median([float(r.counts()[PRUNED]) for r in runs])
+    out: dict[str, float] = {}
+    old_target: float | None = None
+    for rule in rules:
+        print(f"\n-- {RULES[rule]}")
+        print(f"medians over {len(seeds)} seeds (hv@f: hypervolume after f x the budget; front found: true-front")
+        print("configurations among the completed trials; repeats: trials repeating a finished trial's config)")
+        print(header)
+        print("-" * len(header))
+        for label, _, _ in METHODS:
+            runs = traces[(rule, label)]
+            hvs = "".join(f"{med_hv((rule, label), max(1, round(f * budget))):>9.4f}" for f in FRACTIONS)
+            final = med_hv((rule, label), budget)
+            found = median(
+                [
+                    float(len({curves.key(t.values) for t in r.trials if t.state == COMPLETE} & scale.front_keys))
+                    for r in runs
+                ]
+            )
+            n_trials = median([float(len(r.trials)) for r in runs])
+            n_pruned = median([float(r.counts()[PRUNED]) for r in runs])
+            n_repeats = median([float(r.repeats()) for r in runs])
+            print(
+                f"{label:<14}{hvs} {final / scale.ceiling:>8.1%} {found:>7.1f}/{len(scale.front_keys):<3} "
+                f"{n_trials:>7.0f} {n_pruned:>7.0f} {cpu[(rule, label)]:>6.1f} {n_repeats:>7.1f}"
+            )
+        exhausted = [
+            f"{label} {sum(t.exhausted for t in traces[(rule, label)])}/{len(seeds)}"
+            for label, _, _ in METHODS
+            if any(t.exhausted for t in traces[(rule, label)])
+        ]
+        if exhausted:
+            print(
+                f"stopped sampling before the budget was spent ({MAX_CONSECUTIVE_REPEATS} repeats in a row: the "
+                f"space looks exhausted): {', '.join(exhausted)}"
+            )
+        target = med_hv((rule, "nsga2"), budget)
+        key_frac = first_reach((rule, "nsga2+mo-asha"), target)
+        per_seed = [
+            next((a for a, h in zip(*s, strict=True) if h >= target - 1e-12), None)
+            for s in steps[(rule, "nsga2+mo-asha")]
+        ]
+        hit = sum(a is not None for a in per_seed)
+        ok = key_frac <= TARGET
         print(
-            f"{label:<14}{hvs} {final / scale.ceiling:>8.1%} {found:>7.1f}/{len(scale.front_keys):<3} "
-            f"{n_trials:>7.0f} {n_pruned:>7.0f} {cpu[label]:>6.1f}"
+            f"nsga2+mo-asha's median hypervolume first reaches nsga2's final median ({target:.4f}) at "
+            f"{_frac(key_frac)} of the budget (single seeds reaching it within the budget: {hit}/{len(per_seed)}); "
+            f"target <= {TARGET:g}: {'met' if ok else 'MISSED'}"
         )
-    per_seed = [
-        next((a for a, h in zip(*s, strict=True) if h >= target - 1e-12), None)
-        for s in steps["nsga2+mo-asha"]
-    ]
-    hit = sum(a is not None for a in per_seed)
-    ok = key_frac <= TARGET
-    print(
-        f"nsga2+mo-asha's median hypervolume first reaches nsga2's final median ({target:.4f}) at "
-        f"{_frac(key_frac)} of the budget (single seeds reaching it within the budget: {hit}/{len(per_seed)}); "
-        f"target <= {TARGET:g}: {'met' if ok else 'MISSED'}"
-    )
-    return key_frac
+        if rule == "on" and old_target is not None:
+            print(
+                f"against the without-rule nsga2's final median ({old_target:.4f}): nsga2+mo-asha reaches it at "
+                f"{_frac(first_reach((rule, 'nsga2+mo-asha'), old_target))} of the budget, nsga2 at "
+                f"{_frac(first_reach((rule, 'nsga2'), old_target))}, random at "
+                f"{_frac(first_reach((rule, 'random'), old_target))}"
+            )
+        out[rule] = key_frac
+        old_target = target
+    return out
 
 
 def main() -> None:
@@ -448,6 +503,13 @@ def main() -> None:
         help="also run two real searches (nsga2+moasha, nsga2) on the first table's task and compare with the replay",
     )
     p.add_argument("--real-trials", type=int, default=16, help="trials per real search (default 16)")
+    p.add_argument(
+        "--rule",
+        choices=["both", "off", "on"],
+        default="both",
+        help="the repeat rule (never train the same config twice): both blocks side by side (default), "
+        "without it only, or with it only",
+    )
     p.add_argument(
         "--no-warmup-gate",
         action="store_true",

@@ -22,6 +22,14 @@ the batches counted by building the header's task; 15 on both recorded tables). 
     trace = replay("tpe", "hyperband", curves, budget_epochs=256, seed=0)
     trace.epochs_to_reach(2.0)   # epochs spent until the best completed trial was <= 2.0
 
+Never training the same config twice (``dedupe=True``, the driver's rule, ``search/repeats.py``): a
+sampled config equal to a trial that ended COMPLETE or PRUNED (same ``Curves.key``) is answered from
+that trial: the same intermediate values are reported to it, then it is told the same result (the
+values the original told, or PRUNED), and it reads no epoch of the budget. It is a trial for the
+sampler. After ``MAX_CONSECUTIVE_REPEATS`` repeats in a row the space is taken as exhausted and the
+search stops sampling. Trials run one at a time, so a repeat of a trial still running (parked by the
+driver) never arises here.
+
 CSV format: ``#`` header lines ``key: <json>`` (``task``, ``model``, ``train``, ``space``; the space in
 job-file form), then one row per (config, epoch) with a column per searched parameter (dotted name),
 ``epoch`` and the metric columns.
@@ -35,13 +43,14 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from attntune.search.repeats import MAX_CONSECUTIVE_REPEATS
 from attntune.search.schedulers import wants_decision
 from attntune.spaces.space import Space, parse_space
 
@@ -323,6 +332,12 @@ class TrialRecord:
     epochs: int  # epochs this trial consumed
     value: float | None  # best epoch value (COMPLETE only)
     epochs_total: int  # budget consumed when this trial ended
+    repeat_of: int | None = None  # answered from this earlier trial (run_trials(dedupe=True)); 0 epochs
+
+
+def config_id(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """One hashable form of a trial's configuration (its parameter values, as ``canon`` reads them)."""
+    return tuple(sorted((k, canon(v)) for k, v in values.items()))
 
 
 @dataclass
@@ -335,6 +350,7 @@ class Trace:
     budget_epochs: int
     mode: str
     trials: list[TrialRecord] = field(default_factory=list)
+    exhausted: bool = False  # stopped sampling after MAX_CONSECUTIVE_REPEATS repeats in a row (dedupe)
 
     @property
     def epochs_used(self) -> int:
@@ -369,6 +385,18 @@ class Trace:
             out[t.state] += 1
         return out
 
+    def repeats(self) -> int:
+        """Trials whose configuration equals an earlier trial that ended COMPLETE or PRUNED: those
+        ``dedupe`` answers without training (with the rule), or trains again (without it)."""
+        seen: set[tuple[tuple[str, Any], ...]] = set()
+        n = 0
+        for t in self.trials:
+            key = config_id(t.values)
+            n += key in seen
+            if t.state in (COMPLETE, PRUNED):
+                seen.add(key)
+        return n
+
 
 def replay(
     strategy: str,
@@ -383,6 +411,8 @@ def replay(
     min_epochs: int = 1,
     study_name: str = "replay",
     warmup_gate: bool = True,
+    dedupe: bool = False,
+    priors: Sequence[Any] = (),
 ) -> Trace:
     """Run ``strategy`` + ``scheduler`` on ``curves`` until ``budget_epochs`` epochs (or ``n_trials``) are spent.
 
@@ -393,7 +423,10 @@ def replay(
     number, so ``study_name`` must match a real search's job name to reproduce it. The pruner
     judges a report only when ``schedulers.wants_decision`` lets the driver ask it (module docstring);
     ``warmup_gate=False`` leaves the step out of the reports, i.e. judges during warmup too (the
-    replays before the driver had the gate).
+    replays before the driver had the gate). ``dedupe=True`` answers a repeat of a finished trial
+    from it (``run_trials``); ``n_trials`` then counts trained trials, as ``budget.n_trials`` does.
+    ``priors`` (``optuna.trial.FrozenTrial``s, e.g. a warm start's) are added to the study before
+    the first trial; they are never counted in the budget, the trial count or the trace.
     """
     import optuna
 
@@ -420,13 +453,15 @@ def replay(
         pruner=pruner,
         direction="minimize" if mode == "min" else "maximize",
     )
+    if priors:
+        study.add_trials(list(priors))
     trace = Trace(strategy, scheduler, seed, budget_epochs, mode)
     max_trials = n_trials if n_trials is not None else math.inf
     if strategy == "grid":
         max_trials = min(max_trials, curves.space.grid_size())
     return run_trials(
         study, curves, trace, StopRule(), budget_epochs=budget_epochs, metric=metric, min_epochs=min_epochs,
-        judges=sched.judges, warmup_gate=warmup_gate, max_trials=max_trials,
+        judges=sched.judges, warmup_gate=warmup_gate, max_trials=max_trials, dedupe=dedupe,
     )  # fmt: skip
 
 
@@ -452,6 +487,17 @@ class StopRule:
         return best
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """What a repeat of a finished trial is answered with (``run_trials(dedupe=True)``)."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED
+    reported: tuple[tuple[int, float], ...]  # (epoch, value) as the original gave them to ``rule.value``
+    told: Any  # what the original told the study when COMPLETE (``rule.told``)
+    value: float | None
+
+
 def run_trials(
     study: Any,
     curves: Curves,
@@ -464,21 +510,63 @@ def run_trials(
     judges: bool,
     warmup_gate: bool,
     max_trials: float = math.inf,
+    dedupe: bool = False,
 ) -> Trace:
     """Ask ``study`` for trials one at a time and "train" each by reading its curve, until
     ``budget_epochs`` epochs (or ``max_trials`` trials) are spent; ``rule`` decides stops. A trial
-    cut by the end of the budget is told FAIL, a stopped one PRUNED."""
+    cut by the end of the budget is told FAIL, a stopped one PRUNED.
+
+    ``dedupe``: the driver's rule (``search/repeats.py``, ``Driver.place`` / ``Driver.answer``). A
+    sample whose ``curves.key`` equals a trial that ended COMPLETE or PRUNED is answered from it:
+    every value the original reported is reported again (``rule.value``, so a pruner sees the same
+    statistics), then it is told the original's result (``rule.told``'s values, or PRUNED). It reads
+    no epoch, is recorded with ``repeat_of`` and ``epochs=0``, and does not count towards
+    ``max_trials`` (trained trials, as ``budget.n_trials``). ``MAX_CONSECUTIVE_REPEATS`` repeats in a
+    row end the search (the space looks exhausted), as in the driver.
+    """
     import optuna
 
     per_epoch = epoch_steps(curves)[0] if warmup_gate else None
-    used = 0
-    while used < budget_epochs and len(trace.trials) < max_trials:
+    used = trained = streak = 0
+    finished: dict[tuple[Any, ...], _Finished] = {}
+
+    def tell(trial: Any, state: str, told: Any) -> None:
+        try:
+            if state == COMPLETE:
+                study.tell(trial, told)
+            elif state == PRUNED:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except RuntimeError:  # GridSampler stops the study once every point was visited
+            pass
+
+    while used < budget_epochs and trained < max_trials:
         trial = study.ask()
         values = curves.space.sample(trial)
+        key = curves.key(values)
+        twin = finished.get(key) if dedupe else None
+        if twin is not None:  # answered from the finished trial: nothing is read, no budget spent
+            for epoch, value in twin.reported:
+                rule.value(trial, epoch, value)
+            tell(trial, twin.state, twin.told)
+            trace.trials.append(
+                TrialRecord(
+                    trial.number, dict(values), twin.state, 0, twin.value, used, repeat_of=twin.number
+                )
+            )
+            streak += 1
+            if streak >= MAX_CONSECUTIVE_REPEATS:
+                trace.exhausted = True  # the sampler only repeats itself: the space looks exhausted
+                break
+            continue
+        streak = 0
+        trained += 1
         curve = curves.curve(values)
         decide = decision_epochs(curves, values, min_epochs, judges)
         rule.start(trial, values)
         seen: list[float] = []
+        reported: list[tuple[int, float]] = []
         state = COMPLETE
         for epoch, metrics in enumerate(curve, 1):
             if used >= budget_epochs:
@@ -490,6 +578,7 @@ def run_trials(
             if not math.isfinite(value):
                 continue
             rule.value(trial, epoch, value)
+            reported.append((epoch, value))
             # As the driver (Driver.on_report): the scheduler is asked only when
             # wants_decision holds: min_epochs <= epoch < the last epoch, and the warmup has ended.
             shown = report(metrics, epoch, per_epoch) if warmup_gate else None
@@ -500,20 +589,12 @@ def run_trials(
         best = (min(finite) if trace.mode == "min" else max(finite)) if finite else None
         if state == COMPLETE and best is None:
             state = CUT  # nothing to report; never happens with a complete table
-        try:
-            if state == COMPLETE:
-                study.tell(trial, rule.told(values, best))
-            elif state == PRUNED:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        except RuntimeError:  # GridSampler stops the study once every point was visited
-            pass
-        trace.trials.append(
-            TrialRecord(
-                trial.number, dict(values), state, len(seen), best if state == COMPLETE else None, used
-            )
-        )
+        told = rule.told(values, best) if state == COMPLETE else None
+        tell(trial, state, told)
+        value = best if state == COMPLETE else None
+        if state in (COMPLETE, PRUNED):
+            finished.setdefault(key, _Finished(trial.number, state, tuple(reported), told, value))
+        trace.trials.append(TrialRecord(trial.number, dict(values), state, len(seen), value, used))
     return trace
 
 

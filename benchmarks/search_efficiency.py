@@ -12,14 +12,26 @@ the target is a recorded value. Targets (issue 3): bohb <= 1/3, tpe <= 1/2. As i
 pruner is asked only once a trial's learning-rate warmup has ended (``worker.wants_decision``, see
 ``benchmarks/replay.py``); ``--no-warmup-gate`` asks it during warmup too, for comparison.
 
+Every table is replayed twice, side by side (issue 16): *without* the repeat rule (each sample is
+trained, a config sampled again is trained again: the figures recorded before the rule) and *with*
+it (the driver's "never train the same config twice", ``search/repeats.py``: a sample equal to a
+COMPLETE or PRUNED trial is answered from it and reads no epoch; ``run_trials(dedupe=True)``). Each
+block has its own random's final best (random search gets the rule too) and target lines; the
+with-rule block also gives each pair's fraction of the budget to reach the without-rule target
+(``@old target``), and both give the median number of repeats per search (``repeats``: trials whose
+config equals an earlier finished trial's, answered with the rule, trained again without it).
+``--rule off`` / ``--rule on`` replays one block only.
+
     python benchmarks/search_efficiency.py                         # every CSV in benchmarks/data, 21 seeds
     python benchmarks/search_efficiency.py --seeds 50 --jobs 2
     python benchmarks/search_efficiency.py --real-check            # plus one real tpe+asha search (~3 min)
     python benchmarks/search_efficiency.py --no-warmup-gate        # prune during warmup (the old replay)
+    python benchmarks/search_efficiency.py --rule off              # without the repeat rule only
 
 ``--real-check`` runs ``attntune run`` (optuna backend, tpe+asha, 12 trials, concurrency 1) on the
 first table's task with exactly its grid, then prints the real search's trials next to the replay of
-the same strategy and seed, and the real best next to the replayed distribution over seeds.
+the same strategy and seed (with the repeat rule, as the engine now applies it), and the real best
+next to the replayed distribution over seeds.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/search_efficiency.py` from anywhere
     sys.path.insert(0, str(REPO))
 
+from attntune.search.repeats import MAX_CONSECUTIVE_REPEATS  # noqa: E402
 from benchmarks.replay import CurveError, Curves, Trace, curve_tables, load_curves, median, replay, step_rule  # noqa: E402
 
 # (label, strategy, scheduler)
@@ -64,13 +77,21 @@ def _curves(path: str) -> Curves:
     return _CURVES[path]
 
 
-def _one(args: tuple[str, str, str, int, int, str, str, bool]) -> tuple[str, int, Trace, float]:
-    path, strategy, scheduler, budget, seed, metric, mode, gate = args
+def _one(args: tuple[str, str, str, int, int, str, str, bool, bool]) -> tuple[str, int, Trace, float]:
+    path, strategy, scheduler, budget, seed, metric, mode, gate, dedupe = args
     t0 = time.perf_counter()
     trace = replay(
-        strategy, scheduler, _curves(path), budget, seed, metric=metric, mode=mode, warmup_gate=gate
+        strategy,
+        scheduler,
+        _curves(path),
+        budget,
+        seed,
+        metric=metric,
+        mode=mode,
+        warmup_gate=gate,
+        dedupe=dedupe,
     )
-    return f"{strategy}/{scheduler}", seed, trace, time.perf_counter() - t0
+    return f"{strategy}/{scheduler}/{'on' if dedupe else 'off'}", seed, trace, time.perf_counter() - t0
 
 
 def _fmt_frac(x: float) -> str:
@@ -93,16 +114,25 @@ def rank_of(value: float, curves: Curves, metric: str, mode: str) -> int:
     return len(better) + 1
 
 
-def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Replay every pair on one table; print the figures; return label -> median fraction."""
+RULES = {
+    "off": "without the repeat rule: a config sampled again is trained again (as recorded before)",
+    "on": "with the repeat rule: a repeat of a COMPLETE or PRUNED trial is answered from it, 0 epochs",
+}
+
+
+def benchmark(path: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Replay every pair on one table, without and with the repeat rule; print the figures;
+    return rule -> label -> median fraction."""
     curves = load_curves(path)
     budget_trials = args.budget_trials or max(1, len(curves.table) // 2)
     budget = budget_trials * curves.max_epochs
     seeds = list(range(args.seeds))
     wanted = set(args.pairs.split(",")) | {"random"} if args.pairs else {label for label, _, _ in PAIRS}
     pairs = [pair for pair in PAIRS if pair[0] in wanted]
+    rules = ["off", "on"] if args.rule == "both" else [args.rule]
     jobs = [
-        (str(path), s, sch, budget, seed, args.metric, args.mode, not args.no_warmup_gate)
+        (str(path), s, sch, budget, seed, args.metric, args.mode, not args.no_warmup_gate, rule == "on")
+        for rule in rules
         for _, s, sch in pairs
         for seed in seeds
     ]
@@ -119,72 +149,104 @@ def benchmark(path: Path, args: argparse.Namespace) -> dict[str, float]:
         cpu[key] = cpu.get(key, 0.0) + seconds
     wall = time.perf_counter() - t0
 
-    random_bests = [t.best for t in traces["random/none"].values() if t.best is not None]
-    # Random's final best: reached by a majority of random+none's seeds (ordered best first).
-    target = majority(random_bests, reverse=(args.mode == "max"))
     finals = curves.final_values(args.metric, args.mode)
     table_best = min(finals) if args.mode == "min" else max(finals)
+    ordered = sorted(finals, reverse=(args.mode == "max"))
     task = curves.meta.get("task", {})
     print(
         f"\n== {path.name}: {len(curves.table)} configs x {curves.max_epochs} epochs, task {task.get('name', '?')}"
     )
     print(
         f"budget {budget} epochs (= {budget_trials} full trials), {len(seeds)} seeds, "
-        f"metric {args.metric} ({args.mode}); replays took {wall:.1f}s wall"
+        f"metric {args.metric} ({args.mode}); replays took {wall:.1f}s wall ({' and '.join(rules)}: rule {args.rule})"
     )
     if args.no_warmup_gate:
         print("no warmup gate (--no-warmup-gate): pruners also judge trials still warming up")
     else:
         print(f"pruners judge a trial only once its warmup has ended (worker.wants_decision): {step_rule(curves)}")
-    print(
-        f"random's final best (reached by a majority of random+none's seeds at the full budget): {target:.4f} "
-        f"= rank {rank_of(target, curves, args.metric, args.mode)} of {len(finals)} configs "
-        f"(table best {table_best:.4f})"
-    )
-    # Seed-free reference: with uniform sampling over the grid (what random does on this space), the
-    # chance that `budget_trials` full trials include a config at least as good as the k-th best.
-    ordered = sorted(finals, reverse=(args.mode == "max"))
-    exact = [1 - (1 - (k + 1) / len(ordered)) ** budget_trials for k in range(len(ordered))]
-    k_med = next(k for k, prob in enumerate(exact) if prob >= 0.5)
-    print(
-        f"exact median for uniform random sampling: rank {k_med + 1} ({ordered[k_med]:.4f}); "
-        f"P(random's {budget_trials} trials include the table best) = {exact[0]:.0%}"
-    )
-    header = (
-        f"{'strategy':<12} {'frac of budget':>14} {'reached':>8} {'to table best':>13} {'best@budget':>12} "
-        f"{'trials':>7} {'pruned':>7} {'cpu s':>6}"
-    )
-    print(header)
-    print("-" * len(header))
-    out: dict[str, float] = {}
-    for label, s, sch in pairs:
-        runs = traces[f"{s}/{sch}"]
-        fracs, to_best, bests, n_trials, n_pruned = [], [], [], [], []
-        for trace in runs.values():
-            hit = trace.epochs_to_reach(target)
-            fracs.append(hit / budget if hit is not None else math.inf)
-            hit = trace.epochs_to_reach(table_best)
-            to_best.append(hit / budget if hit is not None else math.inf)
-            if trace.best is not None:
-                bests.append(trace.best)
-            n_trials.append(len(trace.trials))
-            n_pruned.append(trace.counts()["PRUNED"])
-        frac = majority(fracs)  # the budget fraction by which a majority of seeds had reached the target
-        out[label] = frac
-        reached = sum(math.isfinite(f) for f in fracs)
+    out: dict[str, dict[str, float]] = {}
+    old_target: float | None = None
+    for rule in rules:
+        random_bests = [t.best for t in traces["random/none/" + rule].values() if t.best is not None]
+        # Random's final best: reached by a majority of random+none's seeds (ordered best first).
+        target = majority(random_bests, reverse=(args.mode == "max"))
+        print(f"\n-- {RULES[rule]}")
         print(
-            f"{label:<12} {_fmt_frac(frac):>14} {reached:>5}/{len(fracs):<2} {_fmt_frac(majority(to_best)):>13} "
-            f"{majority(bests, reverse=(args.mode == 'max')):>12.4f} "
-            f"{median(n_trials):>7.0f} {median(n_pruned):>7.0f} {cpu[f'{s}/{sch}']:>6.1f}"
+            f"random's final best (reached by a majority of random+none's seeds at the full budget): {target:.4f} "
+            f"= rank {rank_of(target, curves, args.metric, args.mode)} of {len(finals)} configs "
+            f"(table best {table_best:.4f})"
         )
-    verdicts = []
-    for label, limit in TARGETS.items():
-        if label not in out:
-            continue
-        ok = out[label] <= limit
-        verdicts.append(f"{label} {_fmt_frac(out[label])} <= {limit:.2f}: {'met' if ok else 'MISSED'}")
-    if verdicts:
-        print("targets: " + "; ".join(verdicts))
+        # Seed-free reference: uniform sampling over the grid (what random does on this space), the
+        # chance that `budget_trials` full trials include a config at least as good as the k-th best;
+        # with the rule those trials are distinct configs (a uniform subset), without it independent draws.
+        n = len(ordered)
+        if rule == "off":
+            exact = [1 - (1 - (k + 1) / n) ** budget_trials for k in range(n)]
+            how = "uniform random sampling"
+        else:
+            m = min(budget_trials, n)
+            exact = [1 - math.comb(n - k - 1, m) / math.comb(n, m) for k in range(n)]
+            how = "uniform random sampling of distinct configs"
+        k_med = next(k for k, prob in enumerate(exact) if prob >= 0.5)
+        print(
+            f"exact median for {how}: rank {k_med + 1} ({ordered[k_med]:.4f}); "
+            f"P(random's {budget_trials} trials include the table best) = {exact[0]:.0%}"
+        )
+        extra = rule == "on" and old_target is not None
+        header = (
+            f"{'strategy':<12} {'frac of budget':>14} {'reached':>8} {'to table best':>13} {'best@budget':>12} "
+            f"{'trials':>7} {'pruned':>7} {'cpu s':>6} {'repeats':>7}" + (f" {'@old target':>11}" if extra else "")
+        )
+        print(header)
+        print("-" * len(header))
+        out[rule] = {}
+        for label, s, sch in pairs:
+            key = f"{s}/{sch}/{rule}"
+            runs = traces[key]
+            fracs, to_best, to_old, bests, n_trials, n_pruned, n_repeats = [], [], [], [], [], [], []
+            for trace in runs.values():
+                hit = trace.epochs_to_reach(target)
+                fracs.append(hit / budget if hit is not None else math.inf)
+                hit = trace.epochs_to_reach(table_best)
+                to_best.append(hit / budget if hit is not None else math.inf)
+                if old_target is not None:
+                    hit = trace.epochs_to_reach(old_target)
+                    to_old.append(hit / budget if hit is not None else math.inf)
+                if trace.best is not None:
+                    bests.append(trace.best)
+                n_trials.append(len(trace.trials))
+                n_pruned.append(trace.counts()["PRUNED"])
+                n_repeats.append(trace.repeats())
+            frac = majority(fracs)  # the budget fraction by which a majority of seeds had reached the target
+            out[rule][label] = frac
+            reached = sum(math.isfinite(f) for f in fracs)
+            print(
+                f"{label:<12} {_fmt_frac(frac):>14} {reached:>5}/{len(fracs):<2} {_fmt_frac(majority(to_best)):>13} "
+                f"{majority(bests, reverse=(args.mode == 'max')):>12.4f} "
+                f"{median(n_trials):>7.0f} {median(n_pruned):>7.0f} {cpu[key]:>6.1f} {median(n_repeats):>7.0f}"
+                + (f" {_fmt_frac(majority(to_old)):>11}" if extra else "")
+            )
+        if extra:
+            print(f"@old target: fraction of the budget to reach the without-rule target {old_target:.4f}")
+        exhausted = [
+            f"{label} {sum(t.exhausted for t in traces[f'{s}/{sch}/{rule}'].values())}/{len(seeds)}"
+            for label, s, sch in pairs
+            if any(t.exhausted for t in traces[f"{s}/{sch}/{rule}"].values())
+        ]
+        if exhausted:
+            print(
+                f"stopped sampling before the budget was spent ({MAX_CONSECUTIVE_REPEATS} repeats in a row: the "
+                f"space looks exhausted): {', '.join(exhausted)}"
+            )
+        verdicts = []
+        for label, limit in TARGETS.items():
+            if label not in out[rule]:
+                continue
+            ok = out[rule][label] <= limit
+            verdicts.append(f"{label} {_fmt_frac(out[rule][label])} <= {limit:.2f}: {'met' if ok else 'MISSED'}")
+        if verdicts:
+            print(f"targets ({'with' if rule == 'on' else 'without'} the rule): " + "; ".join(verdicts))
+        old_target = target
     return out
 
 
@@ -267,6 +329,7 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
         mode=args.mode,
         n_trials=n_trials,
         study_name=name,
+        dedupe=True,  # the engine answers a repeat from the trial it repeats (search/repeats.py)
     )
     print(f"real search: {wall:.0f}s wall, {len(real)} trials")
     print(f"{'#':>3}  {'config':<52} {'real':>18}   {'replay (same seed)':>18}")
@@ -285,6 +348,8 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
         rep_s = "-"
         if r is not None:
             rep_s = f"{r.state[:4]} {r.epochs}ep " + (f"{r.value:.4f}" if r.value is not None else "-")
+            if r.repeat_of is not None:
+                rep_s += f" (= #{r.repeat_of})"
             same_cfg = curves.key(r.values) == curves.key(t.params)
             matching += int(same_cfg and r.state[:4] == real_state[:4])
             if not same_cfg:
@@ -306,6 +371,7 @@ def real_check(path: Path, args: argparse.Namespace) -> None:
                 mode=args.mode,
                 n_trials=n_trials,
                 study_name=name,
+                dedupe=True,
             ).best
             for s in range(args.seeds)
         )
@@ -351,6 +417,13 @@ def main() -> None:
         "--no-warmup-gate",
         action="store_true",
         help="let pruners judge trials still in their warmup (the driver never does; for comparison)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=["both", "off", "on"],
+        default="both",
+        help="the repeat rule (never train the same config twice): both blocks side by side (default), "
+        "without it only, or with it only",
     )
     p.add_argument(
         "--real-check", action="store_true", help="also run one real tpe+asha search on the first table"

@@ -263,16 +263,6 @@ def curves_section(d: SearchData) -> Section:
 # --------------------------------------------------------------------------- importance
 
 
-def _distribution(p: Param) -> Any:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if p.type == "categorical":
-        return CategoricalDistribution(list(p.choices))
-    if p.type == "int":
-        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)
-
-
 def study_from_mlflow(d: SearchData) -> Any:
     """An in-memory Optuna study of the complete trials, rebuilt from MLflow params and values."""
     import optuna
@@ -288,7 +278,7 @@ def study_from_mlflow(d: SearchData) -> Any:
             v = parse_param_value(p, t.params[p.name])
             if v is None:
                 continue
-            params[p.name], dists[p.name] = v, _distribution(p)
+            params[p.name], dists[p.name] = v, p.distribution()
         study.add_trial(create_trial(params=params, distributions=dists, value=t.value(d.metric)))
     return study
 

@@ -14,6 +14,7 @@ from typing import Any
 from attntune.model.config import ConfigError
 from attntune.search.job import SearchJob
 from attntune.search.outcome import TrialState
+from attntune.search.repeats import ATTR_DUPLICATE
 from attntune.search.study_store import StudyStore
 
 ATTR_STATE = "attntune_state"
@@ -41,9 +42,11 @@ class SearchBudget:
     def target(self) -> int:
         return trial_target(self.job)
 
-    def forget(self) -> None:
-        """A trial was added to the study: count again next time."""
-        self._counted = None
+    def added(self, n: int) -> None:
+        """This driver added ``n`` counted trials to the study (-1: one turned out INFEASIBLE);
+        the count follows without reading the study again (a shared study is always read)."""
+        if self._counted is not None:
+            self._counted += n
 
     def counted(self) -> int:
         """Trials that used budget: every trial in the study but the INFEASIBLE ones, finished or
@@ -51,7 +54,12 @@ class SearchBudget:
         start is RUNNING in the study, so it is counted once."""
         if self._counted is not None and not self.shared:
             return self._counted
-        n = sum(1 for t in self.store.trials() if t.user_attrs.get(ATTR_STATE) != TrialState.INFEASIBLE)
+        n = sum(
+            1
+            for t in self.store.trials()
+            if t.user_attrs.get(ATTR_STATE) not in (TrialState.INFEASIBLE, TrialState.PRIOR)
+            and t.user_attrs.get(ATTR_DUPLICATE) is None
+        )
         self._counted = n
         return n
 

@@ -241,9 +241,11 @@ def _print_best(result: Any) -> None:
     job = result.job
     t = result.table
     counts = t["state"].value_counts().to_dict() if len(t) else {}
+    prior = counts.get(TrialState.PRIOR, 0)
     console.print(
-        f"[bold]{job.name}[/bold]: {len(t)} trials "
+        f"[bold]{job.name}[/bold]: {len(t) - prior} trials "
         + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in FINISHED_STATES)
+        + (f" (and {prior} from earlier searches, warm_start)" if prior else "")
     )
     if result.best is None:
         from attntune.search.results import feasible  # lazy: pandas

@@ -41,6 +41,7 @@ from attntune.search.outcome import (
     Settled,
     TrialOutcome,
     TrialState,
+    final_metrics,
     finite,
     merge_history,
     settle,
@@ -54,12 +55,15 @@ from attntune.search.recovery import (
     drop_pending,
     take_over,
 )
+from attntune.search.repeats import ATTR_DUPLICATE, COPIED, MAX_CONSECUTIVE_REPEATS, Parked, Repeats
 from attntune.search.runbook import Runbook, flat_config
 from attntune.search.schedulers import SCHEDULERS, decision_window, moasha_due, moasha_stops, wants_decision
 from attntune.search.strategies import sampler_for
-from attntune.search.study_store import StudyStore, storage_url, study_exists
+from attntune.search.study_store import StudyStore, state_of, storage_url, study_exists
 from attntune.search.summary import write_summary
+from attntune.search.timing import PhaseClock
 from attntune.search.tracking import Tracker
+from attntune.search.warm_start import priors
 from attntune.search.worker import load_task_cached
 from attntune.spaces.space import make_config
 
@@ -80,6 +84,9 @@ class Observer:
 
     def trial_infeasible(self, number: int, reason: str) -> None:
         """A sample was recorded INFEASIBLE and never trained."""
+
+    def trial_repeated(self, number: int, of: int, state: TrialState) -> None:
+        """A sample repeated trial ``of`` and was answered from it (``repeats``), untrained."""
 
     def trial_finished(self, number: int, settled: Settled, outcome: TrialOutcome) -> None:
         """A trial ended as ``settled.state``."""
@@ -122,7 +129,11 @@ class Driver:
         self.pending: list[RunningTrial] = []  # reruns waiting for a worker: retries, a dead driver's trials
         self.missed_constraints: dict[int, str] = {}  # COMPLETE trials that missed a measured constraint
         self.interrupted: str | None = None
+        self.exhausted: str | None = None  # why the search stopped sampling before its budget (repeats.py)
         self.warnings: list[str] = []  # for the user, before the first trial (feasibility.launch_warnings)
+        self.notes: list[str] = []  # what the user should know, before the first trial (a warm start)
+        self.clock = PhaseClock()  # where the driver's own time goes (timing.py)
+        self.repeats = Repeats()  # trials a sample may repeat (repeats.py)
         self._recording = 0
         self._deferred_signal: int | None = None
 
@@ -167,6 +178,7 @@ class Driver:
             self.store.record_extension(ATTR_OVERRIDE, self.extension)
         self.book = Runbook(job, self.tracker, driver_id=self.driver_id, storage=self.storage, data_license=credit(data))
         self.budget = SearchBudget(job, self.store, shared=self.shared, joined=self.join, started=self.started)
+        self.repeats.learn(self.store.trials())
         if ATTR_PARENT in self.store.attrs:
             self.book.reopen_parent(self.store.attrs[ATTR_PARENT])
             if self.extension:
@@ -181,7 +193,11 @@ class Driver:
         """The study's attributes first (a driver killed before the parent run is recorded leaves a
         study `attntune resume FOLDER` can open), then the parent run, then its id in the study."""
         self.store.record_job(self.job, started_at=self.started, experiment_id=self.tracker.experiment_id)
-        if self.job.baseline is not None:  # trials 0.. : the reference every trial is compared with
+        if self.job.warm_start is not None:  # what earlier searches learnt, before any trial
+            trials, notes = priors(self.job)
+            self.store.add_trials(trials)
+            self.notes.extend(notes)
+        if self.job.baseline is not None:  # then the reference every trial is compared with
             for k in range(self.job.baseline.repeats):
                 self.store.enqueue(self.job.baseline.values, {ATTR_BASELINE: k})
         started_at = float(self.store.attrs.get("started_at", self.started))
@@ -202,9 +218,10 @@ class Driver:
     # ------------------------------------------------------------------ trials out
     @recorded
     def can_launch(self) -> bool:
-        if self.interrupted or self.budget.out_of_time():
+        if self.interrupted or self.exhausted:
             return False
-        return bool(self.pending) or self.budget.trials_left()
+        with self.clock("budget"):
+            return not self.budget.out_of_time() and (bool(self.pending) or self.budget.trials_left())
 
     @recorded
     def done(self) -> bool:
@@ -219,22 +236,77 @@ class Driver:
             rt.trial.set_user_attr("attempts", rt.attempt)
             self.running[rt.number] = rt
             return rt
-        if not self.can_launch():
-            return None
-        for _ in range(MAX_CONSECUTIVE_INFEASIBLE):
-            trial, trial_id = self.store.ask()
-            self.budget.forget()
-            driver_fault("asked", trial.number)
-            values = self.job.space.sample(trial)  # a baseline's enqueued values come back as they were
-            baseline = trial.user_attrs.get(ATTR_BASELINE)
+        infeasible = 0
+        while self.can_launch():
+            with self.clock("sample"):
+                trial, trial_id = self.store.ask()
+                self.budget.added(1)
+                driver_fault("asked", trial.number)
+                values = self.job.space.sample(trial)  # a baseline's enqueued values come back as they were
+            rt, reason = self.place(trial, trial_id, values)
+            if rt is not None:
+                return rt
+            infeasible = infeasible + 1 if reason else 0
+            if infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
+                raise ConfigError(
+                    f"space: {infeasible} samples in a row are infeasible (the last: {reason}); lower the model or "
+                    "batch sizes, or relax max_params, constraints or the memory limit"
+                )
+        return None
+
+    def place(self, trial: Any, trial_id: int, values: dict[str, Any], run_id: str | None = None
+              ) -> tuple[RunningTrial | None, str | None]:  # fmt: skip
+        """A sampled trial, trained (returned RUNNING), answered from the trial it repeats
+        (``repeats``), parked until that one ends, or recorded INFEASIBLE (with the reason)."""
+        baseline = trial.user_attrs.get(ATTR_BASELINE)
+        with self.clock("sample"):
             cfg, count, reason = self.check(values, baseline or 0)
-            if reason is None:
-                return self.start(trial, trial_id, values, cfg, count, baseline=baseline)
-            self.infeasible(trial, values, cfg, reason, count)
-        raise ConfigError(
-            f"space: {MAX_CONSECUTIVE_INFEASIBLE} samples in a row are infeasible (the last: {reason}); lower the model or "
-            "batch sizes, or relax max_params, constraints or the memory limit"
-        )
+        if reason is not None:
+            self.infeasible(trial, values, cfg, reason, count, run_id)
+            return None, reason
+        twin = self.repeats.original(cfg)
+        if twin is None:
+            self.repeats.streak = 0
+            rt = self.start(trial, trial_id, values, cfg, count, run_id, baseline=baseline)
+            self.repeats.started(rt.number, cfg)
+            return rt, None
+        self.repeats.streak += 1
+        if self.repeats.streak >= MAX_CONSECUTIVE_REPEATS:
+            self.exhausted = (
+                f"the sampler proposed {self.repeats.streak} configs in a row that were already trained: "
+                "the space looks exhausted, so the search ends early (widen the space for more)"
+            )
+        self.budget.added(-1)  # a repeat trains nothing: it uses no budget
+        trial.set_user_attr(ATTR_DUPLICATE, twin[0])
+        if twin[1]:
+            self.answer(trial, trial_id, values, cfg, count, twin[0], run_id)
+        else:
+            self.repeats.park(twin[0], Parked(trial, trial_id, values, cfg, count))
+        return None, None
+
+    def answer(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int, of: int,
+               run_id: str | None = None) -> None:  # fmt: skip
+        """Record a repeat of finished trial ``of`` with its result: the same intermediate values
+        and state for Optuna, the same tags and final metrics for MLflow; nothing is trained."""
+        job, o = self.job, self.store.trial(of)
+        state = state_of(o)
+        attrs = {k: o.user_attrs[k] for k in COPIED if k in o.user_attrs}
+        now = time.time()
+        attrs.update({ATTR_DUPLICATE: of, "n_params": count, "head_dim": cfg.model.head_dim, "config": flat_config(cfg),
+                      "seconds": 0.0, "attempts": 0, "start_time": now, "end_time": now})  # fmt: skip
+        with self.clock("optuna"):
+            for epoch, value in sorted(o.intermediate_values.items()):
+                self.store.report(trial, trial_id, epoch, value, rerun=False)
+            self.store.set_trial_attrs(trial, attrs)
+        values_told = list(o.values or []) if state == TrialState.COMPLETE else []
+        final = final_metrics(job.metric, job.objectives, attrs.get("best_value"), values_told,
+                              attrs.get("latency_ms"), attrs.get("best_val_bleu"))  # fmt: skip
+        with self.clock("mlflow"):
+            run_id = self.book.trial_repeated(trial.number, values, cfg, count, of, state, attrs, final, run_id)
+        trial.set_user_attr(ATTR_RUN, run_id)
+        with self.clock("optuna"):
+            self.store.tell(trial.number, state, values_told)
+        self.observer.trial_repeated(trial.number, of, state)
 
     def check(self, values: dict[str, Any], seed_offset: int = 0) -> tuple[Any, Any, str | None]:
         """(config, n_params, why it must not be trained or None) of a sample; a baseline's
@@ -251,13 +323,15 @@ class Driver:
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
               run_id: str | None = None, baseline: int | None = None) -> RunningTrial:  # fmt: skip
         """Give a feasible sample its child run and attributes; it is then RUNNING."""
-        run_id = self.book.trial_started(trial.number, values, cfg, count, run_id, baseline=baseline)
+        with self.clock("mlflow"):
+            run_id = self.book.trial_started(trial.number, values, cfg, count, run_id, baseline=baseline)
         driver_fault("run", trial.number)
         attrs: dict[str, Any] = {ATTR_RUN: run_id, "n_params": count, "head_dim": cfg.model.head_dim}
         if self.job.uses("flops"):
             attrs["flops"] = self.feasibility.statics(cfg, count)["flops"]
         attrs.update(config=flat_config(cfg), attempts=1, start_time=time.time())
-        self.store.set_trial_attrs(trial, attrs)
+        with self.clock("optuna"):
+            self.store.set_trial_attrs(trial, attrs)
         rt = RunningTrial(trial.number, trial, trial_id, values, cfg, count, run_id, baseline=baseline)
         self.running[rt.number] = rt
         return rt
@@ -268,8 +342,10 @@ class Driver:
         attrs: dict[str, Any] = {ATTR_STATE: TrialState.INFEASIBLE.value, "failure": reason}
         if count is not None:
             attrs["n_params"] = count
+        self.budget.added(-1)  # an INFEASIBLE trial never uses budget
         self.store.set_trial_attrs(trial, attrs)
-        run_id = self.book.trial_infeasible(trial.number, values, cfg, reason, count, run_id)
+        with self.clock("mlflow"):
+            run_id = self.book.trial_infeasible(trial.number, values, cfg, reason, count, run_id)
         trial.set_user_attr(ATTR_RUN, run_id)
         self.store.tell(trial.number, TrialState.INFEASIBLE)
         self.observer.trial_infeasible(trial.number, reason)
@@ -307,16 +383,18 @@ class Driver:
         """Log an epoch; with ``decide`` ask the scheduler whether to stop the trial (True)."""
         rt = self.running[number]
         rt.history.append({"epoch": epoch, **metrics})
-        self.book.epoch(rt.run_id, epoch, metrics)
+        with self.clock("mlflow"):
+            self.book.epoch(rt.run_id, epoch, metrics)
         self.observer.trial_epoch(rt, epoch, metrics)
         value = finite(metrics.get(self.job.metric))
-        if value is None or not self.store.report(rt.trial, rt.trial_id, epoch, value, rerun=rt.attempt > 1):
-            return False
-        if not decide or epoch >= self.job.budget.max_epochs:
-            return False
-        if self.scheduler.driver_side:
-            return self._moasha(rt, epoch, value)
-        return bool(rt.trial.should_prune())
+        with self.clock("optuna"):
+            if value is None or not self.store.report(rt.trial, rt.trial_id, epoch, value, rerun=rt.attempt > 1):
+                return False
+            if not decide or epoch >= self.job.budget.max_epochs:
+                return False
+            if self.scheduler.driver_side:
+                return self._moasha(rt, epoch, value)
+            return bool(rt.trial.should_prune())
 
     def verdict(self, number: int, epoch: int, metrics: dict[str, float]) -> bool:
         """A driver-side scheduler's verdict on a report not yet recorded (Ray asks its
@@ -375,16 +453,33 @@ class Driver:
             objectives=job.objectives, constraints=job.constraints,
             statics=self.feasibility.statics(rt.config, rt.n_params), end_time=time.time(),
         )  # fmt: skip
-        self.store.set_trial_attrs(rt.trial, settled.attrs)
+        with self.clock("optuna"):
+            self.store.set_trial_attrs(rt.trial, settled.attrs)
         driver_fault("finishing", number)
         if settled.missed is not None:
             self.missed_constraints[number] = settled.missed
-        self.book.trial_finished(rt.run_id, settled)
+        with self.clock("mlflow"):
+            self.book.trial_finished(rt.run_id, settled)
         driver_fault("ended", number)
-        self.store.tell(number, settled.state, settled.values)
+        with self.clock("optuna"):
+            self.store.tell(number, settled.state, settled.values)
         driver_fault("told", number)
+        self.clock.lap()
         self.observer.trial_finished(number, settled, outcome)
+        self._release_repeats(rt, settled.state)
         return settled.state
+
+    def _release_repeats(self, rt: RunningTrial, state: TrialState) -> None:
+        """The repeats parked on ``rt``: answered from it, or trained after all if it failed."""
+        for p in self.repeats.ended(rt.number, rt.config, state):
+            if state in (TrialState.COMPLETE, TrialState.PRUNED):
+                self.answer(p.trial, p.trial_id, p.values, p.config, p.n_params, rt.number)
+                continue
+            p.trial.set_user_attr(ATTR_DUPLICATE, None)
+            self.budget.added(1)
+            again = self.start(p.trial, p.trial_id, p.values, p.config, p.n_params)
+            self.repeats.started(again.number, p.config)
+            self.pending.append(self.running.pop(again.number))
 
     # ------------------------------------------------------------------ interruption and end
     def abandon_running(self, status: str = "KILLED") -> None:
@@ -423,4 +518,4 @@ class Driver:
         # A shared study (--join): the last driver to finish writes the summary and ends the parent
         # run; each marks itself finished before looking, so one always does.
         last = not self.registry.others_running()
-        return write_summary(self.store, self.book, self.job, self.budget, status, last=last)
+        return write_summary(self.store, self.book, self.job, self.budget, status, last=last, extra=self.clock.metrics())

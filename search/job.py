@@ -225,6 +225,7 @@ class _JobFile:
     objectives: Any = None  # {name: min|max}: several make a multi-objective search
     constraints: Any = None  # ["n_params <= 20e6", "latency_ms <= 5"]
     baseline: Any = "default"  # the config trials are compared with: default | none | a file | {key: value}
+    warm_start: Any = None  # {from: [earlier searches], top: 10}: their best trials seed the sampler
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,14 @@ class Baseline:
     values: dict[str, Any]  # the space's parameters that give the config (spaces.space.project)
     repeats: int
     source: str  # "default", the file it came from, or "job file"
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Earlier searches whose best trials seed this one's sampler (``search.warm_start``)."""
+
+    sources: tuple[str, ...]  # job names (attntune-runs/<name>) or output folders or study.db files
+    top: int = 10
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,7 @@ class SearchJob:
     constraints: tuple = ()
     baseline: Baseline | None = None
     baseline_note: str = ""  # why a default baseline was left out (its config is outside the space)
+    warm_start: WarmStart | None = None
 
     @property
     def multi_objective(self) -> bool:
@@ -396,6 +406,7 @@ def parse_job(
         problems.extend(e.problems)
     problems.extend(_compatibility(plan, space, raw.budget, metric, objectives))
     baseline, note = (None, "") if space is None else _baseline(raw, plan.strategy, space, base, source, problems)
+    warm = _warm_start(raw.warm_start, plan.strategy, problems)
     if problems:
         raise ConfigError(problems, source)
     assert space is not None and mode is not None
@@ -406,7 +417,7 @@ def parse_job(
         backend=backend_name, tracking=tracking, output=out,
         max_params=raw.max_params if raw.max_params is not None else space.max_params,
         retries=raw.retries, description=raw.description, source_text=text, source_path=source,
-        objectives=objectives, constraints=constraints, baseline=baseline, baseline_note=note,
+        objectives=objectives, constraints=constraints, baseline=baseline, baseline_note=note, warm_start=warm,
     )  # fmt: skip
 
 
@@ -506,6 +517,27 @@ def _baseline(
             return None, ""
         return None, f"the default config is outside the space ({'; '.join(outside)})"
     return Baseline(values, repeats, label), ""
+
+
+def _warm_start(spec: Any, strategy: str, problems: list[str]) -> WarmStart | None:
+    """``warm_start: {from: [names or folders], top: N}`` (``from`` may be one string)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or "from" not in spec or set(spec) - {"from", "top"}:
+        problems.append("warm_start: expected {from: [earlier searches], top: N}")
+        return None
+    sources = [spec["from"]] if isinstance(spec["from"], str) else spec["from"]
+    top = spec.get("top", 10)
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
+        problems.append(f"warm_start.from: expected a search name or folder, or a list of them, got {spec['from']!r}")
+        return None
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        problems.append(f"warm_start.top: must be a whole number >= 1, got {top!r}")
+        return None
+    if strategy == "grid":
+        problems.append("warm_start: strategy grid would skip the earlier trials' points; use tpe, gp, cmaes or nsga2")
+        return None
+    return WarmStart(tuple(sources), top)
 
 
 def _baseline_file(path: str, base: RunConfig, source: str) -> RunConfig:

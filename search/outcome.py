@@ -33,6 +33,7 @@ class TrialState(str, Enum):
     INFEASIBLE = "INFEASIBLE"  # a config over a budget or constraint: never trained
     RUNNING = "RUNNING"
     KILLED = "KILLED"
+    PRIOR = "PRIOR"  # a finished trial of an earlier search, seeding the sampler (warm_start.py)
 
     def __str__(self) -> str:
         return self.value
@@ -247,14 +248,24 @@ def settle(
         if not extra["feasible"]:
             missed = "; ".join(str(c) for c, x in zip(measured, extra["constraint_violations"], strict=True) if x > 0)
             tags["infeasible_reason"] = missed
-    final: dict[str, float] = {"best_val_bleu": bleu} if bleu is not None else {}
+    final = final_metrics(metric, objectives, best, values, extra.get("latency_ms"), bleu)
+    return Settled(state, values, best, epochs, attrs, tags, final, missed)
+
+
+def final_metrics(
+    metric: str, objectives: Sequence[Objective], best: float | None, values: Sequence[float],
+    latency_ms: float | None, best_bleu: float | None,
+) -> dict[str, float]:
+    """A finished trial's metrics logged once at its end: ``best_<metric>``, ``best_val_bleu``,
+    ``latency_ms`` when measured, and every objective's value (``export --pick`` reads them)."""
+    final: dict[str, float] = {"best_val_bleu": best_bleu} if best_bleu is not None else {}
     if best is not None:
         final[f"best_{metric}"] = best
-        if "latency_ms" in extra:
-            final["latency_ms"] = extra["latency_ms"]
-        for o, v in zip(objectives, values, strict=False):  # export --pick reads these
+        if latency_ms is not None:
+            final["latency_ms"] = latency_ms
+        for o, v in zip(objectives, values, strict=False):
             final[o.name if o.kind != REPORTED else f"best_{o.name}"] = v
-    return Settled(state, values, best, epochs, attrs, tags, final, missed)
+    return final
 
 
 # --------------------------------------------------------------------------- the best trial

@@ -133,6 +133,9 @@ class Progress(Observer):
     def trial_infeasible(self, number: int, reason: str) -> None:
         self._print(f"[dim]skip   t{number:03d} infeasible, never trained: {reason}[/dim]")
 
+    def trial_repeated(self, number: int, of: int, state: TrialState) -> None:
+        self._print(f"[dim]same   t{number:03d} repeats t{of:03d}: answered from it ({state.value}), not trained[/dim]")
+
     def trial_retry(self, number: int, outcome: TrialOutcome) -> None:
         self._print(f"[yellow]retry  t{number:03d} after {outcome.failure_kind}: {outcome.failure}[/yellow]")
 

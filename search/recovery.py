@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from attntune.model.config import ConfigError, RunConfig
 from attntune.search.job import SearchJob
 from attntune.search.outcome import RunningTrial, TrialState
+from attntune.search.repeats import ATTR_DUPLICATE
 from attntune.search.runbook import Runbook
 from attntune.search.study_store import StudyStore, state_of
 from attntune.spaces.space import make_config
@@ -50,6 +51,8 @@ class Restarting(Protocol):
     pending: list[RunningTrial]
 
     def check(self, values: dict[str, Any], seed_offset: int = 0) -> tuple[Any, Any, str | None]: ...
+    def place(self, trial: Any, trial_id: int, values: dict[str, Any], run_id: str | None = None
+              ) -> tuple[RunningTrial | None, str | None]: ...  # fmt: skip
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
               run_id: str | None = None, baseline: int | None = None) -> RunningTrial: ...  # fmt: skip
     def infeasible(self, trial: Any, values: dict[str, Any], cfg: RunConfig | None, reason: str, count: int | None,
@@ -69,16 +72,14 @@ def take_over(driver: Restarting) -> None:
             except ConfigError:
                 cfg = None
             driver.infeasible(trial, dict(t.params), cfg, str(attrs.get("failure", "infeasible")), attrs.get("n_params"), run_id)
-        elif attrs.get(ATTR_RUN) is None:  # never started: complete the sample, check it, start it
+        elif attrs.get(ATTR_RUN) is None:  # never started (or a parked repeat): sample, check, place it
             trial, trial_id = driver.store.handle(t)
+            if attrs.get(ATTR_DUPLICATE) is not None:
+                trial.set_user_attr(ATTR_DUPLICATE, None)  # placed again below, as a new sample
             values = driver.job.space.sample(trial)  # parameters already drawn come back as they were
-            baseline = attrs.get(ATTR_BASELINE)
-            cfg, count, reason = driver.check(values, baseline or 0)
-            if reason is not None:
-                driver.infeasible(trial, values, cfg, reason, count, run_id)
-                continue
-            rt = driver.start(trial, trial_id, values, cfg, count, run_id, baseline=baseline)
-            driver.pending.append(driver.running.pop(rt.number))
+            rt, _ = driver.place(trial, trial_id, values, run_id)
+            if rt is not None:
+                driver.pending.append(driver.running.pop(rt.number))
         else:
             driver.pending.append(_rerun(driver, t, run_id))
     for other in driver.registry.others_running():  # a resume takes over from dead drivers

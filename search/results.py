@@ -91,7 +91,7 @@ def results_table(study: Any) -> pd.DataFrame:
             "start_time": a.get("start_time"),
             "end_time": a.get("end_time"),
         }
-        for k in ("flops", "latency_ms", "feasible", BLEU, "baseline"):
+        for k in ("flops", "latency_ms", "feasible", BLEU, "baseline", "duplicate_of", "warm_start_from"):
             if k in a:
                 row[k] = a[k]
         if multi:
@@ -116,8 +116,10 @@ def summary_metrics(table: pd.DataFrame, metric: str, mode: str) -> dict[str, fl
         "n_pruned": counts.get(TrialState.PRUNED, 0),
         "n_failed": counts.get(TrialState.FAILED, 0),
         "n_infeasible": counts.get(TrialState.INFEASIBLE, 0),
-        "n_trials": len(table),
+        "n_trials": len(table) - counts.get(TrialState.PRIOR, 0),  # a warm start's priors are not this search's
     }
+    if counts.get(TrialState.PRIOR):
+        out["n_prior"] = counts[TrialState.PRIOR]
     best = best_row(table, mode)
     if best is not None:
         out[f"best_{metric}"] = float(best["value"])

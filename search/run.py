@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from attntune.search.recovery import ATTR_PARENT, all_finished
 from attntune.search.results import best_row, results_table
 from attntune.search.study_store import optuna_storage_url, reading, storage_url, study_exists
 from attntune.search.tracking import check_tracking_uri, is_local_store, runs_address, writable_problem
+from attntune.search.warm_start import check_sources
 from attntune.search.worker import load_task_cached
 
 
@@ -76,6 +78,8 @@ def preflight(job: SearchJob) -> None:
     task = job.base.task
     if task.name == "tsv" and task.path:
         build_tsv(task)  # a missing, empty or undecodable file exits 2 before any worker starts
+    if job.warm_start is not None and not study_exists(storage_url(job.output), job.name):
+        check_sources(job)  # an earlier search that is missing or optimised another metric exits 2 here
     if job.backend != "optuna":
         # Bad data must exit 2 before Ray starts (the optuna backend overlaps this load with its
         # workers' start-up instead; Driver.open loads it, cached, either way).
@@ -95,12 +99,15 @@ def run_search(
     report: bool = True,
     more_trials: int | None = None,
     more_time: float | None = None,
+    on_open: Callable[[Driver], None] | None = None,
 ) -> SearchResult:
     """Run (or resume, or join) a search to its budget on the job's backend; with ``report``
     write the HTML report and log it to the search's parent run.
 
     A resumed search that had finished changes nothing (it says so and returns its results)
-    unless ``more_trials`` or ``more_time`` extend it, on the same study and parent run."""
+    unless ``more_trials`` or ``more_time`` extend it, on the same study and parent run.
+    ``on_open(driver)`` is called once the study is open, before the first trial (notebooks and
+    benchmarks keep the driver to read its ``clock``, or set their own ``observer``)."""
     preflight(job)
     if join:
         check_join(job)
@@ -127,6 +134,10 @@ def run_search(
         _print_runs_address(job, driver.tracker.experiment_id, quiet)
         for line in driver.warnings:
             print(f"warning: {line}", file=sys.stderr)
+        for line in [] if quiet else driver.notes:
+            print(f"note: {line}", file=sys.stderr)
+        if on_open is not None:
+            on_open(driver)
         status, code = _drive(driver, backend, prepared)
     finally:
         backend.shutdown(prepared)
@@ -144,6 +155,8 @@ def run_search(
         sys.exit(code)
     table = driver.finish(status)
     warnings = driver.close()
+    if driver.exhausted and not quiet:
+        print(f"note: {driver.exhausted}", file=sys.stderr)
     if report:
         _write_report(job, driver, quiet)
     for w in warnings[:5]:

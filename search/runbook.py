@@ -208,6 +208,23 @@ class Runbook:
         self.tracker.end_run(run_id, "FINISHED")
         return run_id
 
+    def trial_repeated(
+        self, number: int, values: Mapping[str, Any], cfg: RunConfig, count: int, of: int, state: TrialState,
+        attrs: Mapping[str, Any], final: Mapping[str, float], run_id: str | None,
+    ) -> str:  # fmt: skip
+        """A sample that repeats trial ``of``: its run carries that trial's result (tags and final
+        metrics, no epochs: nothing was trained) and ``duplicate_of``."""
+        tags = {**self._tags(number, state), "duplicate_of": of, "epochs_run": attrs.get("epochs_run", 0)}
+        for key, tag in (("stopped_epoch", "stopped_epoch"), ("feasible", "feasible")):
+            if key in attrs:
+                tags[tag] = str(attrs[key]).lower() if key == "feasible" else attrs[key]
+        name = f"{run_name(number, cfg)} =t{of:03d}"
+        run_id = self._open(name, tags, self._params(values, cfg, count), run_id)
+        if final:
+            self.tracker.log_metrics(run_id, final, step=int(attrs.get("epochs_run", 0) or 0))
+        self.tracker.end_run(run_id, "FINISHED")
+        return run_id
+
     def worker_info(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.tracker.set_tags(run_id, tags)
 

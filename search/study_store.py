@@ -132,8 +132,8 @@ def study_attrs(folder: Path) -> dict[str, Any]:
 
 def state_of(trial: Any) -> TrialState:
     """An Optuna trial's state as attntune names it (INFEASIBLE is FAIL plus a user attr)."""
-    if trial.user_attrs.get("attntune_state") == TrialState.INFEASIBLE:
-        return TrialState.INFEASIBLE
+    if trial.user_attrs.get("attntune_state") in (TrialState.INFEASIBLE, TrialState.PRIOR):
+        return TrialState(trial.user_attrs["attntune_state"])
     name = trial.state.name
     return {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAILED}.get(
         name, TrialState.RUNNING
@@ -192,7 +192,17 @@ class StudyStore:
     def release(self) -> None:
         release(self.storage)
 
+    def trial(self, number: int) -> Any:
+        """Trial ``number`` as Optuna holds it (a FrozenTrial), without reading the others."""
+        storage = self.storage or self.study._storage  # noqa: SLF001 - an in-memory study (tests) has no other
+        study_id = storage.get_study_id_from_name(self.study.study_name)
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
     # ------------------------------------------------------------------ trials
+    def add_trials(self, trials: list[Any]) -> None:
+        """Finished trials made elsewhere (a warm start's priors), told to the sampler as they are."""
+        self.study.add_trials(trials)
+
     def enqueue(self, values: dict[str, Any], attrs: dict[str, Any]) -> None:
         """A trial with these parameters, asked before any sampled one (Optuna's enqueue)."""
         self.study.enqueue_trial(values, user_attrs=attrs)

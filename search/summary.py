@@ -22,7 +22,8 @@ PARETO_FILE = "pareto.csv"
 
 
 def write_summary(
-    store: StudyStore, book: Runbook, job: SearchJob, budget: SearchBudget, status: str, *, last: bool
+    store: StudyStore, book: Runbook, job: SearchJob, budget: SearchBudget, status: str, *, last: bool,
+    extra: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Write the results table; as the ``last`` driver also the parent's summary metrics,
     artifacts and Pareto tags, and end the parent run with ``status``. Returns the table."""
@@ -35,6 +36,7 @@ def write_summary(
     store.set_attr("time_used_s", used)
     metrics: dict[str, Any] = summary_metrics(table, job.metric, job.mode)
     metrics["wall_seconds"] = used
+    metrics.update(extra or {})  # e.g. the driver's time per phase (timing.PhaseClock)
     artifacts = [out]
     if job.multi_objective:
         front = _front(table)

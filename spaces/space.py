@@ -125,6 +125,21 @@ class Param:
             return int(value)
         return float(value)
 
+    def distribution(self) -> Any:
+        """The Optuna distribution ``suggest`` draws from (for trials built outside a sampler:
+        warm starts, the report's importance study)."""
+        from optuna.distributions import (  # Optuna: only when a distribution is needed, never at import
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
     def suggest(self, trial: Any) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))

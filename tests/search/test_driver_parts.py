@@ -137,18 +137,24 @@ def _store() -> StudyStore:
 
 
 def test_the_budget_counts_trained_trials_not_infeasible_ones() -> None:
+    """The driver keeps the count as it adds trials (no re-read of the study per trial); a second
+    budget over the same study (a fresh read) agrees with it."""
     store = _store()
     job = parse_job(tiny_job(budget={"n_trials": 2}))
     budget = SearchBudget(job, store, shared=False, joined=False, started=time.time())
+    assert budget.counted() == 0
     t, _ = store.ask()
+    budget.added(1)
     store.set_trial_attrs(t, {"attntune_state": "INFEASIBLE"})
     store.tell(t.number, TrialState.INFEASIBLE)
-    budget.forget()
+    budget.added(-1)
     assert budget.counted() == 0 and budget.trials_left()
     for _ in range(2):
-        t, _ = store.ask()  # RUNNING trials count: they are using budget
-        budget.forget()
+        store.ask()  # RUNNING trials count: they are using budget
+        budget.added(1)
     assert budget.counted() == 2 and not budget.trials_left()
+    fresh = SearchBudget(job, store, shared=False, joined=False, started=time.time())
+    assert fresh.counted() == 2
     assert [state_of(x) for x in store.trials()] == [TrialState.INFEASIBLE, TrialState.RUNNING, TrialState.RUNNING]
 
 

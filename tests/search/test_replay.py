@@ -132,3 +132,68 @@ def test_pruner_is_not_asked_before_the_warmup_has_ended() -> None:
                 assert second.state == PRUNED and second.epochs == first_judged
                 judged += 1
         assert judged > 0
+
+
+def test_dedupe_answers_a_repeat_from_the_finished_trial_without_spending_budget() -> None:
+    """The driver's repeat rule in the replay (run_trials(dedupe=True), search/repeats.py): a sample
+    equal to a COMPLETE or PRUNED trial is told that trial's intermediate values and result, reads no
+    epoch, and counts as a trial for the sampler; MAX_CONSECUTIVE_REPEATS in a row end the search."""
+    import optuna
+
+    from attntune.search.repeats import MAX_CONSECUTIVE_REPEATS
+    from benchmarks.replay import StopRule, Trace, run_trials
+
+    curves = _two_configs()
+    budget = 10 * EPOCHS  # room for ten full trials; only two configs exist
+    pruned_seen = 0
+    for seed in range(6):
+        study = optuna.create_study(
+            sampler=optuna.samplers.RandomSampler(seed=seed),
+            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        )
+        trace = run_trials(
+            study, curves, Trace("random", "asha", seed, budget, "min"), StopRule(), budget_epochs=budget,
+            metric="val_loss", min_epochs=1, judges=True, warmup_gate=False, dedupe=True,
+        )  # fmt: skip
+        trained = [t for t in trace.trials if t.repeat_of is None]
+        repeats = [t for t in trace.trials if t.repeat_of is not None]
+        assert len(trained) == 2 and {t.values["train.lr"] for t in trained} == {GOOD, BAD}
+        # Only repeats were left to propose: the search stopped after MAX_CONSECUTIVE_REPEATS of them.
+        assert trace.exhausted and len(repeats) >= MAX_CONSECUTIVE_REPEATS
+        assert trace.trials[-MAX_CONSECUTIVE_REPEATS:] == repeats[-MAX_CONSECUTIVE_REPEATS:]
+        assert trace.epochs_used == sum(t.epochs for t in trained) < budget  # repeats spent nothing
+        assert trace.repeats() == len(repeats)
+        by_number = {t.number: t for t in study.trials}
+        for r in repeats:
+            original = next(t for t in trained if t.number == r.repeat_of)
+            assert r.epochs == 0 and r.values == original.values
+            assert (r.state, r.value) == (original.state, original.value)
+            told, first = by_number[r.number], by_number[original.number]
+            assert told.state == first.state and told.intermediate_values == first.intermediate_values
+            if original.state == COMPLETE:
+                assert told.value == pytest.approx(original.value)
+            else:
+                pruned_seen += 1
+                assert original.state == PRUNED and told.state == optuna.trial.TrialState.PRUNED
+        # Without the rule every repeat is trained again, until the budget is spent.
+        again = replay("random", "asha", curves, budget_epochs=budget, seed=seed, warmup_gate=False)
+        assert again.epochs_used == budget and all(t.repeat_of is None for t in again.trials)
+    assert pruned_seen > 0, "some seed should repeat a pruned trial"
+
+
+def test_warm_start_priors_fit_the_new_space_and_spend_no_budget() -> None:
+    """benchmarks/warm_start.py: a prior keeps only the new space's parameters; one that lacks a
+    parameter or holds a value the space cannot produce is dropped whole (never clipped); the priors
+    seed the study but are not trials of the replayed search and read no epoch."""
+    from benchmarks.warm_start import fit, priors
+
+    curves = _two_configs()
+    space = curves.space
+    assert fit(space, {"train.lr": GOOD, "model.n_heads": 4}) == {"train.lr": GOOD}  # extra dropped
+    assert fit(space, {"model.n_heads": 4}) is None  # train.lr missing
+    assert fit(space, {"train.lr": 0.5}) is None  # not a choice: dropped, not clipped
+    seeded = priors(space, [({"train.lr": GOOD, "model.n_heads": 4}, 1.2), ({"train.lr": 0.5}, 0.1)])
+    assert [t.params for t in seeded] == [{"train.lr": GOOD}]
+    trace = replay("tpe", "none", curves, budget_epochs=2 * EPOCHS, seed=0, priors=seeded)
+    assert trace.epochs_used == 2 * EPOCHS and len(trace.trials) == 2
+    assert trace.trials[0].number == 1  # trial 0 is the prior
