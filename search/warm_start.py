@@ -24,6 +24,7 @@ from typing import Any
 from attntune.model.config import ConfigError
 from attntune.search.job import SearchJob
 from attntune.search.outcome import TrialState, ranked
+from attntune.search.repeats import ATTR_DUPLICATE
 from attntune.search.study_store import STUDY_FILE, find_output, reading, state_of
 from attntune.spaces.space import Space
 
@@ -87,9 +88,12 @@ def priors(job: SearchJob) -> tuple[list[Any], list[str]]:
     for source in job.warm_start.sources:
         with reading(locate(source)) as study:
             mode = "min" if study.directions[0].name == "MINIMIZE" else "max"
-            done = [t for t in study.get_trials(deepcopy=False) if state_of(t) == TrialState.COMPLETE]
+            done = [
+                t for t in study.get_trials(deepcopy=False)
+                if state_of(t) == TrialState.COMPLETE and t.user_attrs.get(ATTR_DUPLICATE) is None
+            ]  # fmt: skip
             rows = [_Row(t.number, t.user_attrs.get("feasible", True), t.values[0] if t.values else None, t) for t in done]
-            best = [r.trial for r in ranked(rows, mode)][: job.warm_start.top]
+            best = _distinct([r.trial for r in ranked(rows, mode)])[: job.warm_start.top]
         dropped: list[str] = []
         for t in best:
             params, why = fit(job.space, dict(t.params))
@@ -104,6 +108,19 @@ def priors(job: SearchJob) -> tuple[list[Any], list[str]]:
         note = f"warm start: {kept} of the best {len(best)} trials of {source} seed the sampler"
         notes.append(note + (f" ({len(dropped)} dropped: {'; '.join(dropped[:3])})" if dropped else ""))
     return out, notes
+
+
+def _distinct(trials: list[Any]) -> list[Any]:
+    """Each config once, at its best: a config told twice (good and bad group alike) would make TPE
+    avoid it (benchmarks/warm_start.py measured the literal best-N losing to a cold start)."""
+    seen: set[str] = set()
+    out = []
+    for t in trials:
+        key = repr(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
 
 
 class _Row:
