@@ -27,8 +27,9 @@ from safetensors.torch import load_model, save_model
 
 from attntune.model.config import ConfigError, ModelConfig, load_dataclass
 from attntune.model.data import DataError
+from attntune.model.decoding import beam_search, greedy_decode
+from attntune.model.families import Seq2Seq, build_model
 from attntune.model.tokenize import Tokenizer
-from attntune.model.transformer import Transformer, beam_search, greedy_decode
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -39,7 +40,7 @@ STATE_FILE = "train_state.pt"
 
 def save_checkpoint(
     directory: str | Path,
-    model: Transformer,
+    model: Seq2Seq,
     run_config: dict[str, Any],
     src_tok: Tokenizer,
     tgt_tok: Tokenizer,
@@ -93,7 +94,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise DataError(f"{f}: not a safetensors file ({type(e).__name__}); refusing to load it") from None
 
 
-def load_weights(model: Transformer, path: str | Path) -> None:
+def load_weights(model: Seq2Seq, path: str | Path) -> None:
     """Load safetensors weights into ``model`` (strict: every tensor must match)."""
     f = _folder(path) / MODEL_FILE
     read_metadata(f.parent)  # validates the header before any tensor is read
@@ -111,8 +112,11 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Transformer, dict[str, Any], Tokenizer, Tokenizer]:
-    """(model in eval mode, run config dict, source tokenizer, target tokenizer) from a folder."""
+) -> tuple[Seq2Seq, dict[str, Any], Tokenizer, Tokenizer]:
+    """(model in eval mode, run config dict, source tokenizer, target tokenizer) from a folder.
+
+    The model's family is the config's ``model.family`` (absent in checkpoints from before families:
+    a Transformer, loaded as it always was)."""
     d = _folder(path)
     try:
         run_config = yaml.safe_load((d / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -129,7 +133,7 @@ def load_checkpoint(
         tgt_tok = Tokenizer.load(d / TGT_TOKENIZER_FILE)
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{d}: unreadable tokenizer file ({e})") from None
-    model = Transformer(model_cfg, src_tok.vocab_size, tgt_tok.vocab_size, pad_id=tgt_tok.pad_id).to(device)
+    model = build_model(model_cfg, src_tok.vocab_size, tgt_tok.vocab_size, pad_id=tgt_tok.pad_id).to(device)
     load_weights(model, d)
     model.eval()
     return model, run_config, src_tok, tgt_tok
@@ -156,7 +160,7 @@ def load_train_state(directory: str | Path) -> dict[str, Any] | None:
 
 
 def translate(
-    model: Transformer,
+    model: Seq2Seq,
     src_tok: Tokenizer,
     tgt_tok: Tokenizer,
     sentences: list[str],
@@ -168,7 +172,7 @@ def translate(
     """Translate ``sentences`` (in order). ``max_len`` caps generated tokens (default: 2 x source + 10).
 
     Batched, and the batches change no translation: sentences are sorted by length, so a batch needs
-    little padding; padding is masked in attention; each row keeps its own token limit (greedy
+    little padding; every family masks padding out; each row keeps its own token limit (greedy
     decoding is row by row, so a longer neighbour's limit only adds tokens that are cut again).
     Beam search batches only sentences with the same limit (the same length unless ``max_len`` is
     given): its result depends on the limit. ``progress`` is called with the number of sentences

@@ -307,9 +307,27 @@ def _positive(problems: list[str], **values: Any) -> None:
 # --------------------------------------------------------------------------- model
 
 
+# The fields each architecture family reads (``model.family``); every other field must keep its
+# default, so a config never carries a setting that changes nothing (docs/conventions.md).
+_SHARED_FIELDS = ("family", "d_model", "n_encoder_layers", "n_decoder_layers", "dropout", "tie_embeddings", "max_len")
+FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
+    "transformer": (*_SHARED_FIELDS, "n_heads", "d_ff", "norm_first"),
+    "rnn": (*_SHARED_FIELDS, "rnn_cell", "hidden", "bidirectional", "attention"),
+    "mlp": (*_SHARED_FIELDS, "d_ff", "token_mixing_dim"),
+}
+_CHOICES = {"family": tuple(FAMILY_FIELDS), "rnn_cell": ("gru", "lstm"), "attention": ("additive", "dot")}
+
+
 @dataclass(frozen=True)
 class ModelConfig(Validated):
-    """Encoder-decoder Transformer shape (Vaswani et al. 2017); vocab sizes come from the data."""
+    """An encoder-decoder's shape; vocab sizes come from the data.
+
+    ``family`` picks the architecture: ``transformer`` (Vaswani et al. 2017, model/transformer.py),
+    ``rnn`` (GRU/LSTM with attention, model/rnn.py) or ``mlp`` (gMLP-style token mixing,
+    model/mlp.py). Depth is ``n_encoder_layers``/``n_decoder_layers`` in every family. A field that
+    the family does not read (``FAMILY_FIELDS``) must keep its default: a non-default value is
+    refused rather than silently ignored.
+    """
 
     d_model: int = 128
     n_heads: int = 4
@@ -320,6 +338,15 @@ class ModelConfig(Validated):
     norm_first: bool = True
     tie_embeddings: bool = True
     max_len: int = 128
+    family: Literal["transformer", "rnn", "mlp"] = "transformer"
+    # rnn: cell, state size (None: d_model), bidirectional encoder, Luong (dot) or Bahdanau (additive) scores;
+    # dot by default: additive attention builds a (B, T, S, hidden) tensor for its scores
+    rnn_cell: Literal["gru", "lstm"] = "gru"
+    hidden: int | None = None
+    bidirectional: bool = False
+    attention: Literal["additive", "dot"] = "dot"
+    # mlp: channels that go through the token-mixing maps (None: d_model)
+    token_mixing_dim: int | None = None
 
     def _check(self, problems: list[str]) -> None:
         _positive(
@@ -330,8 +357,15 @@ class ModelConfig(Validated):
             n_decoder_layers=self.n_decoder_layers,
             d_ff=self.d_ff,
             max_len=self.max_len,
+            hidden=self.hidden,
+            token_mixing_dim=self.token_mixing_dim,
         )
-        if self.d_model > 0 and self.n_heads > 0 and self.d_model % self.n_heads != 0:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                problems.append(f"{name}: expected one of {', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+        if self.family in FAMILY_FIELDS:
+            self._check_family(problems)
+        if self.family == "transformer" and self.d_model > 0 and self.n_heads > 0 and self.d_model % self.n_heads:
             problems.append(
                 f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads} "
                 "(d_model must be a multiple of n_heads)"
@@ -339,9 +373,32 @@ class ModelConfig(Validated):
         if not (0.0 <= self.dropout < 1.0) or math.isnan(self.dropout):
             problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
 
+    def _check_family(self, problems: list[str]) -> None:
+        """A field the family does not read must keep its default (``FAMILY_FIELDS``)."""
+        used = FAMILY_FIELDS[self.family]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in used or value == f.default:
+                continue
+            users = [fam for fam, names in FAMILY_FIELDS.items() if f.name in names]
+            problems.append(
+                f"{f.name}: {value!r} is not used by family={self.family!r} (only by {' and '.join(users)}); "
+                f"leave it at its default {f.default!r}"
+            )
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def rnn_hidden(self) -> int:
+        """The RNN state size: ``hidden``, or ``d_model`` when unset."""
+        return self.hidden if self.hidden is not None else self.d_model
+
+    @property
+    def mixing_dim(self) -> int:
+        """The MLP's token-mixing width: ``token_mixing_dim``, or ``d_model`` when unset."""
+        return self.token_mixing_dim if self.token_mixing_dim is not None else self.d_model
 
 
 # --------------------------------------------------------------------------- training
@@ -491,7 +548,8 @@ def apply_overrides(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     """Return ``run`` with dotted keys (``model.d_model``, ``train.lr``) replaced.
 
     Raises ConfigError when a key is unknown or the resulting config breaks a rule, so a sampled
-    configuration is checked by exactly the same code as a hand-written one.
+    configuration is checked by exactly the same code as a hand-written one. Overriding
+    ``model.family`` resets the base's model fields that family does not read (``FAMILY_FIELDS``).
     """
     sections: dict[str, dict[str, Any]] = {"task": {}, "model": {}, "train": {}}
     problems: list[str] = []
@@ -505,11 +563,23 @@ def apply_overrides(run: RunConfig, values: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(problems)
     data = {
         "task": {**to_dict(run.task), **sections["task"]},
-        "model": {**to_dict(run.model), **sections["model"]},
+        "model": _model_overrides(run.model, sections["model"]),
         "train": {**to_dict(run.train), **sections["train"]},
         "provenance": run.provenance,
     }
     return load_dataclass(RunConfig, data)
+
+
+def _model_overrides(base: ModelConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``values`` replaced; a new ``family`` also resets the base's fields it does not
+    read to their defaults, so a family sampled onto a base config of another family is valid
+    (fields given in ``values`` are kept, and checked)."""
+    out = {**to_dict(base), **values}
+    used = FAMILY_FIELDS.get(values.get("family", ""))
+    if used is not None:
+        defaults = to_dict(ModelConfig())
+        out = {k: v if k in used or k in values else defaults[k] for k, v in out.items()}
+    return out
 
 
 def config_fields(cls: type) -> list[str]:

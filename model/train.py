@@ -39,8 +39,10 @@ import torch.nn.functional as F
 
 from attntune.model.checkpoint import load_train_state, load_weights, save_checkpoint
 from attntune.model.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from attntune.model.cost import n_params
 from attntune.model.data import Pair, TaskData, batch_indices, collate
-from attntune.model.transformer import Transformer, greedy_decode, n_params
+from attntune.model.decoding import greedy_decode
+from attntune.model.families import Seq2Seq, build_model
 
 # 2: adds the running token count, the batch stream position and the loss average; a version-1
 # state (epoch mode only) still resumes.
@@ -225,7 +227,7 @@ class TrainResult:
     history: list[dict[str, float]]
     epochs_run: int
     stopped_early: bool
-    model: Transformer
+    model: Seq2Seq
     n_params: int
     info: dict[str, Any] = field(default_factory=dict)
     stopped_by: str | None = None  # "time_limit": the budget's time ran out before the recipe's end
@@ -299,7 +301,7 @@ def autocast_for(device: torch.device, bf16: bool):
     return nullcontext()
 
 
-def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Seq2Seq, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; biases, LayerNorm parameters and nothing else skip weight decay."""
     decay, no_decay = [], []
     for p in model.parameters():  # tied weights appear once
@@ -313,7 +315,7 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
 
 @torch.no_grad()
 def evaluate(
-    model: Transformer, pairs: list[Pair], train_cfg: TrainConfig, device: torch.device, pad_id: int
+    model: Seq2Seq, pairs: list[Pair], train_cfg: TrainConfig, device: torch.device, pad_id: int
 ) -> tuple[float, float]:
     """(token cross-entropy without smoothing, token accuracy), padding excluded."""
     if not pairs:
@@ -335,7 +337,7 @@ def evaluate(
 
 
 @torch.no_grad()
-def bleu_score(model: Transformer, data: TaskData, n: int, train_cfg: TrainConfig, device: torch.device) -> float:
+def bleu_score(model: Seq2Seq, data: TaskData, n: int, train_cfg: TrainConfig, device: torch.device) -> float:
     """sacrebleu corpus BLEU (13a tokens, lower-cased) of greedy translations of the first ``n`` val pairs."""
     pairs, texts = data.val[:n], data.val_text[:n]
     if not pairs:
@@ -376,7 +378,7 @@ def run_config_dict(
 def _resumable(state: dict[str, Any], model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData) -> bool:
     if state.get("version") not in (1, TRAIN_STATE_VERSION) or state.get("data_fingerprint") != data.fingerprint:
         return False
-    if state.get("model") != to_dict(model_cfg):
+    if {**to_dict(ModelConfig()), **(state.get("model") or {})} != to_dict(model_cfg):  # fields added later: defaults
         return False
     old = {k: v for k, v in {**_ADDED_IN_V2, **(state.get("train") or {})}.items() if k not in _RESUME_TOLERANT}
     new = {k: v for k, v in to_dict(train_cfg).items() if k not in _RESUME_TOLERANT}
@@ -395,7 +397,7 @@ class _Run:
     cfg: TrainConfig
     data: TaskData
     device: torch.device
-    model: Transformer
+    model: Seq2Seq
     optimizer: torch.optim.AdamW
     n_params: int
     info: dict[str, Any]  # handed to ``Reporter.start`` and returned in ``TrainResult.info``
@@ -435,17 +437,19 @@ def _check_max_len(model_cfg: ModelConfig, data: TaskData) -> None:
 
 
 def _run_info(
-    model: Transformer, count: int, device: torch.device, data: TaskData, cfg: TrainConfig
+    model_cfg: ModelConfig, count: int, device: torch.device, data: TaskData, cfg: TrainConfig
 ) -> dict[str, Any]:
-    """The facts ``Reporter.start`` gets: a search logs them as trial attributes, the CLI prints them."""
-    layers = model.encoder_layers if len(model.encoder_layers) else model.decoder_layers
-    first = layers[0].self_attn
+    """The facts ``Reporter.start`` gets: a search logs them as trial attributes, the CLI prints them.
+    Heads: the Transformer's; an RNN attends with one head of ``hidden``; the MLP has none (None)."""
+    heads = {"transformer": (model_cfg.n_heads, model_cfg.head_dim), "rnn": (1, model_cfg.rnn_hidden)}
+    n_heads, head_dim = heads.get(model_cfg.family, (None, None))
     return {
         "n_params": count,
-        "head_dim": first.head_dim,
-        "n_heads": first.n_heads,
-        "n_encoder_layers": len(model.encoder_layers),
-        "n_decoder_layers": len(model.decoder_layers),
+        "family": model_cfg.family,
+        "head_dim": head_dim,
+        "n_heads": n_heads,
+        "n_encoder_layers": model_cfg.n_encoder_layers,
+        "n_decoder_layers": model_cfg.n_decoder_layers,
         "device": str(device),
         "n_train": len(data.train),
         "n_val": len(data.val),
@@ -462,7 +466,7 @@ def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData, budge
     device = resolve_device(train_cfg.device)
     _check_max_len(model_cfg, data)
     torch.manual_seed(train_cfg.seed)  # the model's initial weights, then dropout, follow from the seed
-    model = Transformer(model_cfg, data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id).to(device)
+    model = build_model(model_cfg, data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id).to(device)
     count = sum(p.numel() for p in model.parameters())
     expected = n_params(model_cfg, data.src_vocab_size, data.tgt_vocab_size)
     assert count == expected, f"n_params formula {expected} != built model {count}"
@@ -477,7 +481,7 @@ def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData, budge
         model=model,
         optimizer=optimizer,
         n_params=count,
-        info=_run_info(model, count, device, data, train_cfg),
+        info=_run_info(model_cfg, count, device, data, train_cfg),
         steps_per_epoch=steps_per_epoch,
         total_steps=_total_steps(train_cfg, data, n_batches, steps_per_epoch, budget),
         budget=budget,

@@ -14,7 +14,8 @@ and FFN activations; we do not, which keeps PyTorch's fused CPU attention kernel
 (it has no dropout) and saves random draws, which are slow on CPU.
 
 Shapes: B batch, S source length, T target length, D d_model, H heads, Dh head_dim, V vocabulary.
-No I/O here; see ``attntune.model.checkpoint`` for saving and loading.
+No I/O here; see ``attntune.model.checkpoint`` for saving and loading. Greedy and beam decoding
+(``attntune.model.decoding``, imported here too) use ``start_decoding``/``decode_step``/``reorder_state``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from torch import Tensor, nn
 
 from attntune.model.config import ModelConfig
 from attntune.model.cost import n_params  # noqa: F401 - part of the model's API: the count of what it builds
+from attntune.model.decoding import (  # noqa: F401 - greedy_decode, beam_search: their home before families
+    DecodeState,
+    beam_search,
+    greedy_decode,
+)
 
 LayerCache = dict[str, dict[str, Tensor]]  # {"self": {"k", "v"}, "cross": {"k", "v"}} for one layer
 
@@ -241,90 +247,26 @@ class Transformer(nn.Module):
         """Empty key/value cache for incremental decoding, one entry per decoder layer."""
         return [{"self": {}, "cross": {}} for _ in self.decoder_layers]
 
+    # ------------------------------------------------------------------ decoding (model/decoding.py)
 
-# --------------------------------------------------------------------------- decoding
+    def start_decoding(self, src: Tensor, beams: int = 1) -> DecodeState:
+        """Encode (B, S) ``src`` once; the state of B x ``beams`` hypotheses with an empty cache."""
+        memory, mask = self.encode(src)  # (B, S, D), (B, 1, 1, S)
+        if beams > 1:
+            memory = memory.repeat_interleave(beams, dim=0)  # (B*K, S, D)
+            mask = mask.repeat_interleave(beams, dim=0) if mask is not None else None
+        return {"memory": memory, "mask": mask, "cache": self.new_cache(), "t": 0}
 
+    def decode_step(self, token: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """(B, 1) newest tokens -> (B, V) logits; the key/value cache grows by one position."""
+        logits = self.decode(token, state["memory"], state["mask"], state["cache"], start=state["t"])
+        state["t"] += 1
+        return logits[:, -1], state
 
-def _max_steps(model: Transformer, max_len: int) -> int:
-    # BOS sits at position 0, so at most max_len - 1 generated tokens are ever fed back.
-    return max(1, min(max_len, model.cfg.max_len))
-
-
-@torch.no_grad()
-def greedy_decode(model: Transformer, src: Tensor, bos_id: int, eos_id: int, max_len: int) -> list[list[int]]:
-    """Greedy translations of (B, S) ``src``: per row the generated ids without BOS and EOS.
-
-    The encoder runs once; the decoder runs one position per step on cached keys/values.
-    Call ``model.eval()`` first (dropout is not switched off here).
-    """
-    memory, mask = model.encode(src)  # (B, S, D)
-    b = src.shape[0]
-    cache = model.new_cache()
-    token = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-    finished = torch.zeros(b, dtype=torch.bool, device=src.device)
-    steps: list[Tensor] = []
-    for t in range(_max_steps(model, max_len)):
-        logits = model.decode(token, memory, mask, cache, start=t)  # (B, 1, V)
-        nxt = logits[:, -1].argmax(-1).masked_fill(finished, eos_id)  # (B,)
-        steps.append(nxt)
-        finished |= nxt.eq(eos_id)
-        if bool(finished.all()):
-            break
-        token = nxt[:, None]
-    out = torch.stack(steps, dim=1).tolist()  # (B, L)
-    return [row[: row.index(eos_id)] if eos_id in row else row for row in out]
-
-
-@torch.no_grad()
-def beam_search(
-    model: Transformer,
-    src: Tensor,
-    bos_id: int,
-    eos_id: int,
-    max_len: int,
-    beam_size: int = 4,
-    length_penalty: float = 0.6,
-) -> list[list[int]]:
-    """Beam-search translations of (B, S) ``src``; ids without BOS/EOS, like ``greedy_decode``.
-
-    Hypotheses are ranked by sum of log-probabilities during the search and by the GNMT length
-    penalty ((5 + len) / 6) ** length_penalty at the end.
-    """
-    if beam_size <= 1:
-        return greedy_decode(model, src, bos_id, eos_id, max_len)
-    k = beam_size
-    b = src.shape[0]
-    dev = src.device
-    memory, mask = model.encode(src)
-    memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, D)
-    mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
-    cache = model.new_cache()
-    scores = torch.full((b, k), float("-inf"), device=dev)
-    scores[:, 0] = 0.0  # only the first beam is alive at the start
-    tokens = torch.full((b * k, 1), bos_id, dtype=torch.long, device=dev)  # (B*K, 1+t)
-    finished = torch.zeros(b * k, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(b * k, device=dev)
-    base = (torch.arange(b, device=dev) * k)[:, None]  # (B, 1) first row of each batch item
-    for t in range(_max_steps(model, max_len)):
-        logits = model.decode(tokens[:, -1:], memory, mask, cache, start=t)  # (B*K, 1, V)
-        logp = F.log_softmax(logits[:, -1].float(), dim=-1)  # (B*K, V)
-        # A finished hypothesis continues only with EOS, at no cost, so its score stays put.
-        logp[finished] = float("-inf")
-        logp[finished, eos_id] = 0.0
-        v = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(b, k * v)  # (B, K*V)
-        scores, idx = cand.topk(k, dim=-1)  # (B, K)
-        rows = (base + idx // v).view(-1)  # (B*K,) parent hypothesis of each new beam
-        tok = (idx % v).view(-1)
-        tokens = torch.cat([tokens[rows], tok[:, None]], dim=1)
-        lengths = lengths[rows] + (~finished[rows]).float()
-        finished = finished[rows] | tok.eq(eos_id)
-        for layer_cache in cache:  # cross-attention keys are shared by the beams of one item
+    def reorder_state(self, state: DecodeState, rows: Tensor) -> DecodeState:
+        """Keep hypotheses ``rows``: self-attention caches move; cross-attention keys are shared by
+        the beams of one sentence, so they stay."""
+        for layer_cache in state["cache"]:
             layer_cache["self"]["k"] = layer_cache["self"]["k"][rows]
             layer_cache["self"]["v"] = layer_cache["self"]["v"][rows]
-        if bool(finished.all()):
-            break
-    penalty = ((5.0 + lengths) / 6.0) ** length_penalty  # (B*K,)
-    best = (scores.view(-1) / penalty).view(b, k).argmax(-1)  # (B,)
-    out = tokens[(base[:, 0] + best)][:, 1:].tolist()
-    return [row[: row.index(eos_id)] if eos_id in row else row for row in out]
+        return state

@@ -7,7 +7,7 @@ the reason, exactly as it does for ``max_params``.
 
 The estimate is deliberately simple, and calibrated against measured peaks of live memory on CPU
 (``tests/search/test_memory.py`` checks three shapes within 30%; the calibration set of 17 came
-within 12%):
+within 12%). For a Transformer:
 
 - fp32 weights, their gradients and AdamW's two moments: 16 bytes per parameter;
 - activations kept for the backward pass: ``tokens x d_model x layers x factor`` plus the
@@ -19,8 +19,9 @@ within 12%):
 
 Activations are 2 bytes under bf16 autocast on a GPU, 4 otherwise; a GPU trial adds the CUDA
 context and library workspaces, a CPU trial what torch's first training step allocates for itself.
-Only the standard library is imported at module level, so the driver can plan trials without
-touching a GPU.
+The rnn and mlp families (``model.family``) have their own activation terms (``rnn_activations``,
+``mlp_activations``); weights, logits and overheads are counted alike. Only the standard library is
+imported at module level, so the driver can plan trials without touching a GPU.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ FF_DROPOUT_PER_F = 0.5  # the dropout mask after the ReLU
 # block's padding-mask bias and score tile at a time: batch x heads x T^2, once, not per layer.
 ATTN_FACTOR = 0.25
 LOGITS_FACTOR = 4.0  # logits, log-softmax, the loss's gradient paths and the logits' gradient
+# The other families (``model.family``), fitted the same way to the live CPU peaks of 10 rnn and 8 mlp
+# configs (GRU/LSTM, bidirectional, additive/dot; mixing widths 64-512): every one within 6%.
+RNN_EMB_PER_D = 6.0  # both embeddings, scaled, dropout, and the attentional vector's inputs
+RNN_PER_GATE = 3.0  # per gate unit of each RNN layer and direction: gates, states, layer outputs
+RNN_OUT_PER_D = 1.0  # per unit of context, decoder state and attentional vector
+ADDITIVE_PER_H = 2.5  # additive attention: the (B, T, S, H) sum and its tanh
+SCORES_FACTOR = 30.0  # per (B, T, S) pair: scores, mask, softmax and their gradients
+MLP_PER_D = 2.0  # per sublayer: LayerNorm input and output at model width
+MLP_PER_E = 6.0  # per mixing: u, v, LN(v), the mix, gelu(u) and the gated product
+MLP_PER_F = 2.5  # the channel MLP's hidden layer, its GELU and (with dropout) masks
 BYTES_PER_PARAM = 16.0  # fp32 weight, gradient and AdamW's two moments (the fused step adds none)
 CPU_OVERHEAD = 90 * MiB  # what the first training step adds on CPU: autograd engine, thread pools
 CUDA_OVERHEAD = 600 * MiB  # CUDA context, cuBLAS/cuDNN workspaces and allocator slack
@@ -66,6 +77,7 @@ def estimate_bytes(
 
     ``max_tokens`` is the longest sequence (source or target, in tokens) a batch can hold.
     ``cuda`` selects bf16 activations (when ``train_cfg.bf16``) and adds the CUDA overhead.
+    The activations are the family's (``model.family``; a config without one is a Transformer).
     """
     m = model_cfg
     p = n_params(m, src_vocab, tgt_vocab)
@@ -74,15 +86,43 @@ def estimate_bytes(
         batch = max(1, int(train_cfg.batch_size) // t)
     else:
         batch = max(1, int(train_cfg.batch_size))
-    tokens = batch * t
+    family = getattr(m, "family", "transformer")
+    activations = {"transformer": transformer_activations, "rnn": rnn_activations, "mlp": mlp_activations}[family]
+    logits = batch * t * tgt_vocab * LOGITS_FACTOR
+    act_bytes = 2 if (cuda and getattr(train_cfg, "bf16", False)) else 4
+    total = p * BYTES_PER_PARAM + act_bytes * activations(m, batch, t) + 4 * logits
+    return int(total + (CUDA_OVERHEAD if cuda else CPU_OVERHEAD))
+
+
+def transformer_activations(m: Any, batch: int, t: int) -> float:
+    """Values a Transformer saves for the backward pass (the factors above)."""
     n_enc, n_dec = m.n_encoder_layers, m.n_decoder_layers
     ff_per_f = FF_PER_F + (FF_DROPOUT_PER_F if m.dropout > 0 else 0.0)
     per_token = m.d_model * (ENC_PER_D * n_enc + DEC_PER_D * n_dec + EMB_PER_D) + m.d_ff * ff_per_f * (n_enc + n_dec)
-    attn = batch * m.n_heads * t * t * ATTN_FACTOR
-    logits = tokens * tgt_vocab * LOGITS_FACTOR
-    act_bytes = 2 if (cuda and getattr(train_cfg, "bf16", False)) else 4
-    total = p * BYTES_PER_PARAM + act_bytes * (tokens * per_token + attn) + 4 * logits
-    return int(total + (CUDA_OVERHEAD if cuda else CPU_OVERHEAD))
+    return batch * t * per_token + batch * m.n_heads * t * t * ATTN_FACTOR
+
+
+def rnn_activations(m: Any, batch: int, t: int) -> float:
+    """Values an RNN with attention saves: per gate unit of every layer and direction, the output
+    side (context, state, attentional vector) and the attention over (T, S) pairs."""
+    h = m.hidden if m.hidden is not None else m.d_model
+    dirs = 2 if m.bidirectional else 1
+    gates = (4 if m.rnn_cell == "lstm" else 3) * h * (dirs * m.n_encoder_layers + m.n_decoder_layers)
+    per_token = m.d_model * RNN_EMB_PER_D + gates * RNN_PER_GATE + (dirs * h + h + m.d_model) * RNN_OUT_PER_D
+    pairs = batch * t * t
+    attention = pairs * (ADDITIVE_PER_H * h if m.attention == "additive" else 0.0) + pairs * SCORES_FACTOR
+    return batch * t * per_token + attention
+
+
+def mlp_activations(m: Any, batch: int, t: int) -> float:
+    """Values the all-MLP model saves: per sublayer, model-width (norms, residuals), mixing-width
+    (u, v, the mix, the gate) and d_ff-width values (the channel MLP)."""
+    e = m.token_mixing_dim if m.token_mixing_dim is not None else m.d_model
+    n_enc, n_dec = m.n_encoder_layers, m.n_decoder_layers
+    sublayers = 2 * n_enc + 3 * n_dec  # token mixing + channel MLP, plus cross mixing in the decoder
+    mixings = n_enc + 2 * n_dec
+    per_token = m.d_model * (MLP_PER_D * sublayers + EMB_PER_D) + e * MLP_PER_E * mixings + m.d_ff * MLP_PER_F * (n_enc + n_dec)
+    return batch * t * per_token
 
 
 def longest_sequence(data: Any) -> int:
@@ -184,8 +224,8 @@ def measure_peak_bytes(
     import torch
     import torch.nn.functional as F
 
+    from attntune.model.families import build_model  # torch: measuring only
     from attntune.model.train import autocast_for, make_optimizer, resolve_device  # torch: measuring only
-    from attntune.model.transformer import Transformer  # torch: measuring only
 
     device = resolve_device(train_cfg.device)
     t = max(2, int(max_tokens))
@@ -202,7 +242,7 @@ def measure_peak_bytes(
     else:
         _reset_peak_rss()  # the peak so far (imports) must not count
         base = _rss_bytes()
-    model = Transformer(model_cfg, src_vocab, tgt_vocab, pad_id=0).to(device)
+    model = build_model(model_cfg, src_vocab, tgt_vocab, pad_id=0).to(device)
     opt = make_optimizer(model, train_cfg)
     model.train()
     for _ in range(steps):

@@ -138,12 +138,51 @@ def parse_constraints(value: Any, problems: list[str]) -> tuple[Constraint, ...]
 
 def forward_flops(cfg: Any, max_tokens: int) -> int:
     """Forward FLOPs per target token (2 per multiply-add) for a source and target of
-    ``max_tokens`` tokens: the weight matmuls of every layer and the output projection, plus
-    attention's scores and weighted sums. Embedding lookups cost nothing."""
-    d, f, t = cfg.d_model, cfg.d_ff, max(1, int(max_tokens))
+    ``max_tokens`` tokens, without the output projection (``add_output_flops``), for the config's
+    family (``model.family``; a config without one is a Transformer). Embedding lookups,
+    normalisation and element-wise operations cost nothing here."""
+    family = getattr(cfg, "family", "transformer")
+    per_family = {"transformer": transformer_flops, "rnn": rnn_flops, "mlp": mlp_flops}[family]
+    return int(per_family(cfg, max(1, int(max_tokens))))
+
+
+def transformer_flops(cfg: Any, t: int) -> int:
+    """Every layer's weight matmuls, plus attention's scores and weighted sums over ``t`` positions."""
+    d, f = cfg.d_model, cfg.d_ff
     enc_layer = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * t * d  # projections + FFN, scores + mix
     dec_layer = 2 * (8 * d * d + 2 * d * f) + 2 * 2 * 2 * t * d  # self + cross attention
     return int(cfg.n_encoder_layers * enc_layer + cfg.n_decoder_layers * dec_layer)
+
+
+def rnn_flops(cfg: Any, t: int) -> int:
+    """RNN layers (input and recurrent matmuls of every gate), the attention keys, scores and
+    context over ``t`` source positions, and the attentional vector. One source token per target
+    token (equal lengths); the decoder's initial state, once per sentence, is left out."""
+    d = cfg.d_model
+    h = cfg.hidden if cfg.hidden is not None else d
+    dirs = 2 if cfg.bidirectional else 1
+    e = dirs * h
+    g = 4 if cfg.rnn_cell == "lstm" else 3
+
+    def layer(inputs: int) -> int:
+        return 2 * g * h * (inputs + h)
+
+    encoder = dirs * (layer(d) + (cfg.n_encoder_layers - 1) * layer(e))
+    decoder = layer(d) + (cfg.n_decoder_layers - 1) * layer(h)
+    keys = 2 * e * h
+    scores = 2 * h * h + 2 * t * h if cfg.attention == "additive" else 2 * t * h  # W_q + v.tanh(), or q.k
+    return int(encoder + decoder + keys + scores + 2 * t * e + 2 * (e + h) * d)
+
+
+def mlp_flops(cfg: Any, t: int) -> int:
+    """Every layer's channel matmuls, plus the token-mixing maps over ``t`` positions (the full
+    map, as ``transformer_flops`` counts full attention in the decoder)."""
+    d, f = cfg.d_model, cfg.d_ff
+    e = cfg.token_mixing_dim if cfg.token_mixing_dim is not None else d
+    spatial = 2 * (d * 2 * e + e * d) + 2 * t * e  # in/out projections, the map over positions
+    cross = 2 * (2 * d * e + e * d) + 2 * t * e  # gate and memory projections, out, the map
+    channel = 2 * 2 * d * f
+    return int(cfg.n_encoder_layers * (spatial + channel) + cfg.n_decoder_layers * (spatial + cross + channel))
 
 
 def add_output_flops(flops: int, cfg: Any, tgt_vocab: int) -> int:

@@ -46,7 +46,7 @@ def test_wrong_types_are_refused_with_key_rule_and_value(section: str, key: str,
 
 def test_unknown_key_names_the_valid_keys() -> None:
     line = _line({"model": {"d_modle": 64}})
-    assert line.startswith("c.yaml: model.d_modle: unknown key, did you mean 'd_model'? (valid keys: d_ff, d_model, dropout, ")
+    assert line.startswith("c.yaml: model.d_modle: unknown key, did you mean 'd_model'? (valid keys: attention, bidirectional, d_ff, d_model, dropout, ")
     assert "colour: unknown key (valid keys: model, provenance, task, train)" in _line({"colour": "red"})
 
 
