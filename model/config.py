@@ -387,8 +387,9 @@ class ModelConfig(Validated):
             )
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def head_dim(self) -> int | None:
+        """The transformer's per-head width; None for a family without heads."""
+        return self.d_model // self.n_heads if self.family == "transformer" else None
 
     @property
     def rnn_hidden(self) -> int:

@@ -35,12 +35,18 @@ from attntune.search.tracking import (
 
 
 def run_name(number: int, cfg: RunConfig) -> str:
-    """``t007 d256 h8 L3 lr3e-4``: scannable in the MLflow runs table."""
+    """``t007 d256 h8 L3 lr3e-4``, ``t008 rnn-gru d128 L2 lr1e-3``, ``t009 mlp d64 L1 lr3e-3``:
+    scannable in the MLflow runs table; another family than the transformer is named first."""
     m = cfg.model
     same = m.n_encoder_layers == m.n_decoder_layers
     depth = f"L{m.n_encoder_layers}" if same else f"L{m.n_encoder_layers}/{m.n_decoder_layers}"
     mant, exp = f"{cfg.train.lr:.0e}".split("e")
-    return f"t{number:03d} d{m.d_model} h{m.n_heads} {depth} lr{mant}e{int(exp)}"
+    shape = {
+        "transformer": f"d{m.d_model} h{m.n_heads}",
+        "rnn": f"rnn-{m.rnn_cell}{'-bi' if m.bidirectional else ''} d{m.d_model}",
+        "mlp": f"mlp d{m.d_model}",
+    }[m.family]
+    return f"t{number:03d} {shape} {depth} lr{mant}e{int(exp)}"
 
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
@@ -174,7 +180,8 @@ class Runbook:
         params = {k: v for k, v in flat_config(cfg).items() if v is not None}
         params.update(values)  # pseudo-parameters (head_dim, d_ff_ratio, n_layers) as sampled
         params["n_params"] = count
-        params["head_dim"] = cfg.model.head_dim
+        if cfg.model.head_dim is not None:
+            params["head_dim"] = cfg.model.head_dim
         return params
 
     def _open(self, name: str, tags: dict[str, Any], params: dict[str, Any], run_id: str | None) -> str:

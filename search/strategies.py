@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from attntune.search.registry import Registry
-
-if TYPE_CHECKING:  # pragma: no cover
-    from attntune.spaces.space import Space
+from attntune.spaces.space import Space
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,21 @@ def _nsga2(ctx: SamplerContext) -> Any:
     )
 
 
+def _conditional(name: str, space: Space) -> list[str]:
+    """A strategy that needs one fixed set of parameters cannot search a conditional space."""
+    p = next((p for p in space.params if p.when), None)
+    if p is None:
+        return []
+    cond = ", ".join(f"{k}={'/'.join(map(str, v))}" for k, v in p.when)
+    return [
+        f"strategy {name} cannot search a conditional space (space.{p.name} exists only when {cond}); "
+        "use tpe, random or nsga2"
+    ]
+
+
 def _check_grid(space: Space) -> list[str]:
+    if _conditional("grid", space):
+        return _conditional("grid", space)
     bad = [p.name for p in space.params if not p.enumerable]
     out = [
         f"strategy grid cannot enumerate space.{n}: a continuous float range (give choices or a step)"
@@ -143,6 +155,8 @@ def _check_grid(space: Space) -> list[str]:
 
 
 def _check_cmaes(space: Space) -> list[str]:
+    if _conditional("cmaes", space):
+        return _conditional("cmaes", space)
     if all(p.type == "categorical" for p in space.params):
         return ["strategy cmaes needs at least one int or float parameter; this space has only categoricals (use tpe)"]
     return []
@@ -154,7 +168,9 @@ STRATEGIES.register(
     "tpe",
     Strategy("tpe", _tpe, multi_objective=True, description="Tree-structured Parzen Estimator (multivariate)"),
 )
-STRATEGIES.register("gp", Strategy("gp", _gp, description="Gaussian-process Bayesian optimisation"))
+STRATEGIES.register(
+    "gp", Strategy("gp", _gp, lambda space: _conditional("gp", space), description="Gaussian-process Bayesian optimisation")
+)
 STRATEGIES.register("cmaes", Strategy("cmaes", _cmaes, _check_cmaes, description="CMA evolution strategy"))
 STRATEGIES.register(
     "nsga2",

@@ -407,7 +407,24 @@ def _topological(params: list[Param], problems: list[str]) -> tuple[str, ...]:
 
 
 def _check_validity(space_params: list[Param], base: RunConfig, problems: list[str]) -> None:
-    """Reject spaces that could produce an invalid model, before any trial starts."""
+    """Reject spaces that could produce an invalid model, before any trial starts: for each model
+    family the space can sample (``model.family``), the parameters that can exist for it."""
+    family = next((p for p in space_params if p.name == "model.family"), None)
+    families = [str(c) for c in family.choices] if family is not None else [base.model.family]
+    for name in families:
+        found: list[str] = []
+        fbase = base if name == base.model.family else apply_overrides(base, {"model.family": name})
+        _check_family([p for p in space_params if p.name != "model.family" and _may_exist(p, name)], fbase, found)
+        prefix = f"with model.family={name}: " if family is not None else ""
+        problems.extend(prefix + x for x in found)
+
+
+def _may_exist(p: Param, family: str) -> bool:
+    """Whether ``p`` can be active for a model of ``family`` (its ``when`` on model.family allows it)."""
+    return all(family in [str(v) for v in allowed] for key, allowed in p.when if key == "model.family")
+
+
+def _check_family(space_params: list[Param], base: RunConfig, problems: list[str]) -> None:
     by_name = {p.name: p for p in space_params}
     if "model.head_dim" in by_name and "model.d_model" in by_name:
         problems.append("space: model.head_dim and model.d_model cannot both be searched (d_model = n_heads x head_dim)")
@@ -422,7 +439,7 @@ def _check_validity(space_params: list[Param], base: RunConfig, problems: list[s
         return
     # Each parameter's extreme values, alone, must give a valid config.
     for p in space_params:
-        if p.name in ("model.d_model", "model.n_heads", "model.head_dim"):
+        if p.name in ("model.d_model", "model.n_heads", "model.head_dim") and base.model.family == "transformer":
             continue  # checked jointly below
         for v in p.extremes():
             try:
@@ -430,7 +447,12 @@ def _check_validity(space_params: list[Param], base: RunConfig, problems: list[s
             except ConfigError as e:
                 problems.append(f"space.{p.name}: value {v!r} gives an invalid config ({e.problems[0]})")
                 break
-    # Divisibility: every (d_model, n_heads) pair the space can produce must divide.
+    if base.model.family == "transformer":
+        _check_heads(by_name, base, problems)
+
+
+def _check_heads(by_name: dict[str, Param], base: RunConfig, problems: list[str]) -> None:
+    """Divisibility: every (d_model, n_heads) pair the space can produce must divide."""
     heads = by_name["model.n_heads"].values() if "model.n_heads" in by_name else [base.model.n_heads]
     if "model.head_dim" in by_name:
         return  # valid by construction
