@@ -35,6 +35,7 @@ from attntune.dashboards.charts import (
     state_color,
 )
 from attntune.dashboards.data import parse_param_value
+from attntune.dashboards.families import families_section, family_color
 from attntune.search.outcome import TrialState
 from attntune.search.records import STATES, SearchData, TrialRecord
 
@@ -59,6 +60,9 @@ def build_html(d: SearchData) -> str:
         parallel_section(d),
         cost_section(d),
     ]
+    families = families_section(d)  # None unless the trials span more than one model.family
+    if families is not None:
+        sections.append(families)
     header = header_data(d)
     top = top_rows(d)
     payload = report_payload(d, sections, header, top)
@@ -99,6 +103,7 @@ def _environment() -> jinja2.Environment:
         fmt_duration=fmt_duration,
         fmt_int=fmt_int,
         state_color=state_color,
+        family_color=family_color,
         json_script=json_script,
     )
     return env

@@ -49,15 +49,17 @@ class SearchBudget:
             self._counted += n
 
     def counted(self) -> int:
-        """Trials that used budget: every trial in the study but the INFEASIBLE ones, finished or
-        RUNNING (this driver's and, in a shared study, the other drivers'). A rerun waiting to
-        start is RUNNING in the study, so it is counted once."""
+        """Trials that used budget: every trial in the study but the INFEASIBLE ones, repeats and
+        a warm start's priors, finished or RUNNING (this driver's and, in a shared study, the other
+        drivers'). A rerun waiting to start is RUNNING in the study, so it is counted once; an
+        enqueued trial (the baseline) is WAITING until asked, and counted then."""
         if self._counted is not None and not self.shared:
             return self._counted
         n = sum(
             1
             for t in self.store.trials()
-            if t.user_attrs.get(ATTR_STATE) not in (TrialState.INFEASIBLE, TrialState.PRIOR)
+            if t.state.name != "WAITING"  # an enqueued trial (the baseline) counts once it is asked
+            and t.user_attrs.get(ATTR_STATE) not in (TrialState.INFEASIBLE, TrialState.PRIOR)
             and t.user_attrs.get(ATTR_DUPLICATE) is None
         )
         self._counted = n

@@ -380,7 +380,8 @@ def results(
         typer.Option(
             "--columns",
             help="Comma-separated columns to show, short (d_model, lr, val_bleu) or full (model.d_ff) names "
-            "(default: trial, state, the metric, val_bleu, d_model, heads, layers, lr, params, seconds).",
+            "(default: trial, state, the metric, val_bleu, family when there are several, d_model, heads, "
+            "layers, lr, params, seconds).",
         ),
     ] = None,
     top: Annotated[
@@ -472,6 +473,13 @@ def export(
         float | None, typer.Option("--max-latency-ms", help="With --pick: at most this latency (ms per sentence).")
     ] = None,
     knee: Annotated[bool, typer.Option("--knee", help="Same as --pick knee.")] = False,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            "--family",
+            help="Export the best trial of this model family (transformer, rnn or mlp) instead of the best overall.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", help="Config file (default: best.yaml in the search's output folder).")
     ] = None,
@@ -486,7 +494,10 @@ def export(
             raise ConfigError(f"--pick: {pick!r} is not a rule (valid: knee, best)")
         rule = PickRule(max_params=max_params, max_latency_ms=max_latency_ms, knee=knee or pick == "knee")
     print_export(
-        export_config(experiment, search_run=search_run, trial=trial, output=output, tracking_uri=tracking_uri, pick=rule)
+        export_config(
+            experiment, search_run=search_run, trial=trial, output=output, tracking_uri=tracking_uri, pick=rule,
+            family=family,
+        )
     )
 
 

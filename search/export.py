@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import typing
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -24,11 +25,13 @@ from typing import Any, get_args, get_origin
 import yaml
 
 from attntune.model.config import (
+    FAMILY_FIELDS,
     ConfigError,
     ModelConfig,
     RunConfig,
     TaskConfig,
     TrainConfig,
+    apply_overrides,
     load_dataclass,
     to_dict,
 )
@@ -50,6 +53,7 @@ from attntune.search.records import (
 )
 
 EXPORTABLE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+FAMILIES = tuple(FAMILY_FIELDS)  # what --family accepts: model.family's values
 PACKAGES = ("attntune", "torch", "optuna", "mlflow")
 
 # The TaskConfig fields each task reads (attntune.model.data): the exported ``task`` section has
@@ -118,6 +122,39 @@ def pick_trial(trials: list[TrialRecord], mode: str, number: int | None, metric:
     raise ExportError(
         f"search run {search_id}: no COMPLETE trial meets the job's constraints (all {len(done)} are "
         "feasible=false); pick one with --trial N"
+    )
+
+
+def check_family(family: str, trial: int | None, pick: PickRule | None) -> None:
+    """``--family`` names a model family and chooses the trial alone; checked before the store is read."""
+    if family not in FAMILIES:
+        raise ExportError(f"--family {family}: not a model family (valid: {', '.join(FAMILIES)})")
+    if trial is not None:
+        raise ExportError("--family and --trial: choose one (--family exports the best trial of that family)")
+    if pick is not None:
+        raise ExportError("--family and --pick: choose one (--family exports the best trial of that family)")
+
+
+def _family_order(family: str) -> tuple[int, str]:
+    """``FAMILIES`` order, then any other name a store holds."""
+    return (FAMILIES.index(family), "") if family in FAMILIES else (len(FAMILIES), family)
+
+
+def pick_family(trials: list[TrialRecord], mode: str, family: str, metric: str, search_id: str) -> TrialRecord:
+    """The best trial of one model family: ``records.best_trial`` (the best trial's rule) over the
+    trials whose ``model.family`` is ``family`` (a run without the param is a transformer)."""
+    mine = [t for t in trials if t.family == family]
+    best = best_trial(mine, mode)
+    if best is not None:
+        return best
+    done = [t for t in mine if t.state == TrialState.COMPLETE and finite(t.score) is not None]
+    if done:  # each missed a measured constraint (tag feasible=false)
+        raise ExportError(f"--family {family}: none of its {len(done)} COMPLETE trials meets the job's constraints")
+    counts = Counter(t.family for t in trials if t.state == TrialState.COMPLETE and finite(t.score) is not None)
+    have = ", ".join(f"{counts[f]} {f}" for f in sorted(counts, key=_family_order)) or "none"
+    raise ExportError(
+        f"--family {family}: search run {search_id} has no COMPLETE {family} trial with a finite {metric} "
+        f"(COMPLETE trials: {have})"
     )
 
 
@@ -271,7 +308,7 @@ def build_document(client: Any, search: SearchData, trial: TrialRecord, experime
         train = load_dataclass(TrainConfig, {k: v for k, v in (data.get("train") or {}).items() if k != "epochs"}, "train")
     else:
         raise ExportError(f"search run {search.parent_run_id}: has no job.yaml artifact, so the task is unknown")
-    model_d = _section(ModelConfig, model, trial.params, "model")
+    model_d = _section(ModelConfig, _family_base(model, trial), trial.params, "model")
     train_d = _section(TrainConfig, train, trial.params, "train")
     max_epochs = params.get("max_epochs")
     if max_epochs is not None:
@@ -302,6 +339,19 @@ def build_document(client: Any, search: SearchData, trial: TrialRecord, experime
     except ConfigError as e:
         raise ExportError([f"trial {trial.number}: {p}" for p in e.problems]) from None
     return doc
+
+
+def _family_base(model: ModelConfig, trial: TrialRecord) -> ModelConfig:
+    """The job's model section as the trial's family saw it: a sampled ``model.family`` resets the
+    fields that family does not read (``apply_overrides``), as it did when the trial ran; a field
+    MLflow never got (a None) must not come back from a base of another family."""
+    family = trial.params.get("model.family")
+    if family is None or family == model.family:
+        return model
+    try:
+        return apply_overrides(RunConfig(model=model), {"model.family": family}).model
+    except ConfigError as e:
+        raise ExportError([f"trial {trial.number}: {p}" for p in e.problems]) from None
 
 
 def render(doc: dict[str, Any], search_run_id: str, trial: TrialRecord) -> str:
@@ -339,8 +389,11 @@ def export_config(
     output: Path | None = None,
     tracking_uri: str | None = None,
     pick: PickRule | None = None,
+    family: str | None = None,
 ) -> Export:
     """Write the chosen trial's ``train`` config; every check runs before the one write."""
+    if family is not None:
+        check_family(family, trial, pick)
     uri = resolve_uri(tracking_uri)
     client = open_store(uri)
     search = read_search(client, find_search_run(client, experiment, search_run), uri)
@@ -355,6 +408,8 @@ def export_config(
             )
         front = pareto_front(search.trials, objectives)
         chosen = pick_from_front(front, objectives, pick, run_id)
+    elif family is not None:
+        chosen = pick_family(search.trials, search.mode, family, metric, run_id)
     else:
         chosen = pick_trial(search.trials, search.mode, trial, metric, run_id)
     search_output = search.output
@@ -370,6 +425,8 @@ def export_config(
         doc["provenance"]["objectives"] = {
             name: v for (name, _m), v in zip(objectives, objective_vector(chosen, objectives) or [], strict=False)
         }
+    if family is not None:
+        doc["provenance"]["family"] = family
     gain = baseline_gain(search.trials, search.mode, baseline=lambda t: t.baseline, value=lambda t: t.score)
     if gain is not None:
         doc["provenance"]["baseline"] = {"value": gain.baseline, "repeats": gain.repeats, "noise": gain.noise}
@@ -401,6 +458,8 @@ def print_export(result: Export, file: Any = None) -> None:
     if "pick" in prov:
         objectives = ", ".join(f"{k}={v:.6g}" for k, v in (prov.get("objectives") or {}).items())
         print(f"picked: {prov['pick']}, from {len(prov.get('pareto_trials') or [])} Pareto trials ({objectives})", file=out)
+    if "family" in prov:
+        print(f"family: {prov['family']} (its best trial by {result.metric})", file=out)
     print(f"config: {result.path}", file=out)
     print(f"train it: {result.train_command}", file=out)
     note = gain_note(result)

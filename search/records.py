@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from attntune.model.config import ConfigError
+from attntune.model.config import ConfigError, ModelConfig
 from attntune.search.job import TrackingConfig
 from attntune.search.outcome import FINISHED_STATES, Gain, TrialState, baseline_gain, best_of, finite, ranked
 from attntune.search.outcome import pareto_front as outcome_front
@@ -32,6 +32,7 @@ from attntune.spaces.space import Param, parse_param, parse_space
 SEARCH_FILTER = f"tags.`{TAG_KIND}` = 'search'"
 PAGE_SIZE = 1000  # MLflow's largest page of search_runs by default; search_all asks for every page
 STATES = tuple(s.value for s in FINISHED_STATES)  # a finished trial's states, in report order
+DEFAULT_FAMILY = ModelConfig().family  # what a run without a ``model.family`` param trained
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -87,6 +88,11 @@ class TrialRecord:
     def stopped_epoch(self) -> int | None:
         s = self.tags.get("stopped_epoch")
         return int(float(s)) if s else None
+
+    @property
+    def family(self) -> str:
+        """The trial's ``model.family`` param; a run from before families is a Transformer."""
+        return self.params.get("model.family") or DEFAULT_FAMILY
 
     @property
     def baseline(self) -> int | None:

@@ -38,6 +38,7 @@ BASE_COLUMNS = [
 ]
 VALUE = "value"  # the column of the job's metric (a multi-objective search's first objective)
 BLEU = "best_val_bleu"  # the best val_bleu of a trial's epochs (trial user attr ``best_val_bleu``)
+FAMILY = "model.family"  # the architecture; a trial without it is a Transformer (ModelConfig's default)
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "heads": ("model.n_heads",),
     "layers": ("model.n_encoder_layers", "model.n_decoder_layers"),  # one number, or enc/dec
     "lr": ("train.lr",),
+    "family": (FAMILY,),
 }
-DEFAULT_VIEW = ("trial", "state", VALUE, "val_bleu", "d_model", "heads", "layers", "lr", "params", "seconds")
+# ``family`` only where the trials span more than one model family (``ResultsView.families``).
+DEFAULT_VIEW = ("trial", "state", VALUE, "val_bleu", "family", "d_model", "heads", "layers", "lr", "params", "seconds")
 OPTIONAL = ("seconds", "val_bleu", "pareto")  # what the default view leaves out first when it is too wide
 
 
@@ -264,10 +267,17 @@ class ResultsView:
                 names.append(n)
         return names
 
+    def families(self) -> list[str]:
+        """The model families of the trials (``model.family``), each once."""
+        if FAMILY not in self.table:
+            return []
+        return sorted({str(f) for f in self.table[FAMILY] if not _missing(f)})
+
     def columns(self, names: str | None) -> list[Column]:
         """The columns ``--columns`` names (comma-separated), or the default view: trial, state,
-        the metric, best val_bleu when the trials logged it, d_model, heads, layers, lr, params,
-        seconds (a multi-objective search: its objectives, and ``pareto``)."""
+        the metric, best val_bleu when the trials logged it, the family when there are several,
+        d_model, heads, layers, lr, params, seconds (a multi-objective search: its objectives,
+        and ``pareto``)."""
         if names:
             wanted = [n.strip() for n in names.split(",") if n.strip()]
             if not wanted:
@@ -280,6 +290,8 @@ class ResultsView:
             except ConfigError:
                 continue  # not in this table (an empty study; no trial logged val_bleu)
             if col.sources == (BLEU,) and self.table[BLEU].isna().all():
+                continue
+            if col.sources == (FAMILY,) and len(self.families()) < 2:
                 continue
             out.append(col)
         return out
@@ -441,7 +453,10 @@ def _numeric(series: pd.Series) -> bool:
 
 def format_cell(column: Column, row: pd.Series) -> str:
     """One cell: each source compactly; a multi-column cell (``layers``) shows one value when they
-    agree, else ``a/b``."""
+    agree, else ``a/b``. Heads are the Transformer's: another family's row leaves them empty."""
+    family = row.get(FAMILY)
+    if column.sources == ("model.n_heads",) and not _missing(family) and family != "transformer":
+        return ""
     parts = [format_value(s, row[s]) for s in column.sources]
     return parts[0] if len(set(parts)) == 1 else "/".join(parts)
 

@@ -32,7 +32,14 @@ from typing import IO, Any
 import yaml
 from rich.console import Console
 
-from attntune.model.config import ConfigError, RunConfig, apply_overrides, file_not_found, load_run_config
+from attntune.model.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    apply_overrides,
+    file_not_found,
+    load_run_config,
+)
 from attntune.model.data import DataError, load_task
 from attntune.search.job import DEFAULT_OUTPUT_ROOT, parse_duration
 from attntune.search.production import TrainingRun, budget_label, download_checkpoint, is_mlflow_address
@@ -83,8 +90,10 @@ class _EpochPrinter:
         console: Any,
         max_tokens: int | None = None,
         time_limit_s: float | None = None,
+        model: ModelConfig | None = None,
     ):
         self.out = out
+        self.model = model  # what the model line describes (its family's own shape)
         self.epochs = epochs  # None: open-ended (a time limit alone)
         self.console = console
         self.max_tokens = max_tokens
@@ -96,8 +105,8 @@ class _EpochPrinter:
     def start(self, info: dict[str, Any]) -> None:
         resumed = info.get("resumed_from_epoch")
         self.console.print(
-            f"model: {info['n_params']:,} parameters, {info['n_encoder_layers']}+{info['n_decoder_layers']} layers, "
-            f"{info['n_heads']} heads of {info['head_dim']}; {info['n_train']:,} training pairs; device {info['device']}"
+            f"model: {info['n_params']:,} parameters, {describe_model(info, self.model)}; "
+            f"{info['n_train']:,} training pairs; device {info['device']}"
             + (f"; resuming after epoch {resumed}" if resumed else "")
         )
         self.t0 = self.last = time.perf_counter()
@@ -121,6 +130,23 @@ class _EpochPrinter:
         )
         write_metrics(self.out / "metrics.csv", self.rows)
         return False
+
+
+def describe_model(info: dict[str, Any], m: ModelConfig | None) -> str:
+    """``transformer (2+2 layers, 4 heads of 32)``, ``rnn (gru, 2+2 layers, hidden 128, dot attention)``,
+    ``mlp (1+1 layers, token mixing 64)``: the family and the shape that family reads; heads only
+    where the model has them (an mlp has none)."""
+    family = info.get("family") or (m.family if m else "transformer")
+    parts = [f"{info['n_encoder_layers']}+{info['n_decoder_layers']} layers"]
+    if m is not None and family == "rnn":
+        parts = [m.rnn_cell, *parts, f"hidden {m.rnn_hidden}"]
+        parts += ["bidirectional encoder"] if m.bidirectional else []
+        parts.append(f"{m.attention} attention")
+    elif m is not None and family == "mlp":
+        parts.append(f"token mixing {m.mixing_dim}")
+    elif family == "transformer" and info.get("n_heads") is not None:
+        parts.append(f"{info['n_heads']} heads of {info['head_dim']}")
+    return f"{family} ({', '.join(parts)})"
 
 
 def _clock(seconds: float) -> str:
@@ -253,7 +279,8 @@ def run_train(
     if note:
         console.print(note)
     printer = _EpochPrinter(
-        out, None if open_ended else run.train.epochs, console, max_tokens=max_tokens, time_limit_s=time_limit_s
+        out, None if open_ended else run.train.epochs, console, max_tokens=max_tokens, time_limit_s=time_limit_s,
+        model=run.model,
     )
     provenance = dict(run.provenance or {})
     if max_tokens is not None or time_limit_s is not None:

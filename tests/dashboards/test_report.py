@@ -339,3 +339,55 @@ def test_names_and_params_are_escaped_never_live_markup() -> None:
     assert html.count("<script") == html.count("</script>") == 3 + len(figures)  # plotly, data, figures, draw
     assert data["header"]["job"] == f"job {evil}" and data["trials"][0]["run_name"] == f"t000 {evil}"
     assert data["top"][0]["params"] == {"model.act": evil}
+
+
+def _family_search(rows: list[tuple[int, str | None, str, float | None, int]]) -> SearchData:
+    """A hand-made search: (number, model.family param or None, state, best_val_loss, n_params) per
+    trial, each ending a second after the one before."""
+    trials = [
+        TrialRecord(n, f"r{n}", f"t{n:03d}", state, 1000 * n, 1000 * n + 500,
+                    {"n_params": str(size), **({"model.family": fam} if fam else {})},
+                    {"best_val_loss": v} if v is not None else {}, {"epochs_run": "1"})
+        for n, fam, state, v, size in rows
+    ]  # fmt: skip
+    return SearchData("sqlite://", "1", "fam", "p", "search fam", "FINISHED", 0, 1,
+                      {"metric": "val_loss", "mode": "min"}, {}, {}, trials, [])  # fmt: skip
+
+
+def test_a_search_over_families_compares_them() -> None:
+    """Three families: best-so-far per family over time, quality against size by family, and the
+    per-family table; a run without a model.family param is a Transformer; a pruned trial's low
+    value is never a family's best. One family: no such section."""
+    d = _family_search([
+        (0, None, "COMPLETE", 3.0, 6000), (1, "rnn", "COMPLETE", 2.5, 4800), (2, "mlp", "COMPLETE", 2.9, 5000),
+        (3, "transformer", "COMPLETE", 2.2, 9000), (4, "rnn", "PRUNED", 1.0, 4800), (5, "mlp", "FAILED", None, 5000),
+        (6, "rnn", "COMPLETE", 2.4, 7000), (7, "mlp", "COMPLETE", 3.1, 5200),
+    ])  # fmt: skip
+    html = build_html(d)
+    data, figures = parse_report(html)
+    assert re.search(r'<section class="card" id="families">\s*<h2>By model family</h2>', html)
+    assert '<a href="#families">By model family</a>' in html and "families" in figures
+    fam = data["sections"]["families"]
+    assert fam["plotted"] and fam["data"]["families"] == ["transformer", "rnn", "mlp"]
+    table = {r["family"]: r for r in fam["data"]["table"]}
+    assert {f: (r["trials"], r["complete"], r["best"], r["best_trial"]) for f, r in table.items()} == {
+        "transformer": (2, 2, 2.2, 3), "rnn": (3, 2, 2.4, 6), "mlp": (3, 2, 2.9, 2),
+    }  # fmt: skip
+    best = fam["data"]["best_so_far"]
+    assert fam["data"]["x"] == "end_time"
+    assert [(p["number"], p["best"], p["end_time"]) for p in best["transformer"]] == [(0, 3.0, 500), (3, 2.2, 3500)]
+    assert [(p["number"], p["best"]) for p in best["rnn"]] == [(1, 2.5), (6, 2.4)]
+    assert [(p["number"], p["best"]) for p in best["mlp"]] == [(2, 2.9)]  # 7 (3.1) is no better
+    points = {p["number"]: (p["family"], p["n_params"], p["value"]) for p in fam["data"]["points"]}
+    assert points == {0: ("transformer", 6000, 3.0), 1: ("rnn", 4800, 2.5), 2: ("mlp", 5000, 2.9),
+                      3: ("transformer", 9000, 2.2), 6: ("rnn", 7000, 2.4), 7: ("mlp", 5200, 3.1)}  # fmt: skip
+    traces = figures["families"]["data"]
+    assert {t["name"] for t in traces} == {"transformer", "rnn", "mlp"}
+    scatter = {t["name"]: t["y"] for t in traces if t["mode"] == "markers"}
+    assert scatter == {"transformer": [3.0, 2.2], "rnn": [2.5, 2.4], "mlp": [2.9, 3.1]}
+    assert re.search(r"<b>6</b> <span class=\"muted\">t006</span>", html)
+    one = _family_search([(0, None, "COMPLETE", 3.0, 6000), (1, "transformer", "COMPLETE", 2.5, 4800)])
+    html = build_html(one)
+    data, figures = parse_report(html)
+    assert 'id="families"' not in html and "#families" not in html
+    assert "families" not in data["sections"] and "families" not in figures

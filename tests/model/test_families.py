@@ -267,6 +267,10 @@ def test_installed_cli_trains_and_translates_rnn_and_mlp(tmp_path):
         "rnn": {"family": "rnn", "d_model": 32, "hidden": 48, "bidirectional": True, "attention": "dot"},
         "mlp": {"family": "mlp", "d_model": 32, "d_ff": 64, "token_mixing_dim": 16, "max_len": 16},
     }
+    shapes = {  # the model line names the family and the shape it reads
+        "rnn": " parameters, rnn (gru, 1+1 layers, hidden 48, bidirectional encoder, dot attention); ",
+        "mlp": " parameters, mlp (1+1 layers, token mixing 16); ",
+    }
     for family, model in models.items():
         doc = {
             "task": {"name": "reverse", "n_train": 300, "val_size": 20, "test_size": 0, "n_symbols": 8, "max_seq_len": 6},
@@ -279,6 +283,7 @@ def test_installed_cli_trains_and_translates_rnn_and_mlp(tmp_path):
         done = subprocess.run([str(exe), "train", str(config), "--no-tracking"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        assert shapes[family] in done.stdout and "None" not in done.stdout, done.stdout  # heads only where set
         ckpt = tmp_path / "attntune-runs" / f"train-{family}"
         assert yaml.safe_load((ckpt / "config.yaml").read_text(encoding="utf-8"))["model"]["family"] == family
         for extra in ([], ["--beam-size", "3"]):

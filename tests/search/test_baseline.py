@@ -93,3 +93,14 @@ def test_a_search_trains_its_baseline_first_never_prunes_it_and_reports_the_gain
     out = attntune_cli("export", "--experiment", "base", "--tracking-uri", uri, "--output", "best.yaml", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "baseline" in Path(tmp_path / "best.yaml").read_text()  # provenance: the baseline's value and noise
+
+
+def test_a_search_with_a_baseline_trains_exactly_n_trials(tmp_path: Path, mlflow_template: Path) -> None:
+    """The enqueued baseline is counted once, when it is asked, not also while it waits."""
+    uri = fresh_store(mlflow_template, tmp_path)
+    raw = tiny_job("count", tracking=uri, model=INSIDE, budget={"n_trials": 3, "max_epochs": 1})
+    r = attntune_cli("run", str(write_job(tmp_path, raw)), "-q", "--no-report", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = load_study(tmp_path / "attntune-runs" / "count")
+    assert study.trials[0].user_attrs.get("baseline") == 0
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3

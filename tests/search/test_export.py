@@ -15,13 +15,22 @@ import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from attntune.model.config import TaskConfig, load_run_config, to_dict
 from attntune.search.cli import main
-from attntune.search.export import TASK_FIELDS, Export, pick_trial, print_export, task_section
+from attntune.search.export import (
+    TASK_FIELDS,
+    Export,
+    ExportError,
+    pick_family,
+    pick_trial,
+    print_export,
+    task_section,
+)
 from attntune.search.job import parse_job
 from attntune.search.records import TrialRecord, load_search
 from attntune.search.run import run_search
@@ -335,3 +344,104 @@ def test_a_training_run_that_raises_ends_failed(tmp_path: Path, mlflow_template:
     assert run.data.tags["attntune.kind"] == "train" and run.data.params["n_params"] == "123"
     assert client.get_experiment(run.info.experiment_id).name == "p"
     assert [(m.step, m.value) for m in client.get_metric_history(tr.run_id, "val_loss")] == [(1, 2.5)]
+
+
+# --------------------------------------------------------------------------- --family
+
+FAMILY_SEARCH = "exp-fam"
+
+
+@pytest.fixture(scope="module")
+def family_search(search: SimpleNamespace, mlflow_template: Path) -> SimpleNamespace:
+    """A real search over two model families (a `when`-conditional rnn_cell), in a store of its own
+    so the main search's experiment list stays as the tests above expect; cwd: ``search.folder``."""
+    uri = fresh_store(mlflow_template, search.folder / "fam-store")
+    space = {
+        "params": {
+            "model.family": {"choices": ["transformer", "rnn"]},
+            "model.rnn_cell": {"choices": ["gru", "lstm"], "when": {"model.family": "rnn"}},
+            "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        }
+    }
+    spec = tiny_job(FAMILY_SEARCH, space=space, model={"d_model": 16, "n_heads": 2, "d_ff": 32},
+                    budget={"n_trials": 4, "max_epochs": 1, "min_epochs": 1})  # fmt: skip
+    job = parse_job(spec, text=yaml.safe_dump(spec, sort_keys=False), source="job.yaml", tracking_uri=uri)
+    result = run_search(job, quiet=True, report=False)
+    table = result.table
+    done = table[table["state"] == "COMPLETE"]
+    assert set(done["model.family"]) == {"transformer", "rnn"}, table[["number", "state", "model.family"]]
+    return SimpleNamespace(result=result, table=table, uri=uri)
+
+
+def _best_of_family(table: pd.DataFrame, family: str) -> pd.Series:
+    done = table[(table["state"] == "COMPLETE") & (table["model.family"] == family)]
+    return done.sort_values(["value", "number"]).iloc[0]
+
+
+@pytest.mark.parametrize("family", ["rnn", "transformer"])
+def test_export_the_best_trial_of_one_family(
+    family_search: SimpleNamespace, capsys: pytest.CaptureFixture, family: str
+) -> None:
+    """`--family F`: the best COMPLETE trial whose model.family is F, written with F in its
+    provenance, and a config `attntune train` runs as it is."""
+    best = _best_of_family(family_search.table, family)
+    target = f"{family}.yaml"
+    code, out, err = _cli(capsys, "export", "--experiment", FAMILY_SEARCH, "--family", family, "--output", target,
+                          "--tracking-uri", family_search.uri)  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"exported trial {int(best['number'])} (COMPLETE, val_loss=")
+    assert out.splitlines()[1] == f"family: {family} (its best trial by val_loss)"
+    doc = yaml.safe_load(Path(target).read_text(encoding="utf-8"))
+    prov = doc["provenance"]
+    assert (prov["family"], prov["trial_number"]) == (family, int(best["number"]))
+    assert math.isclose(prov["value"], float(best["value"]))
+    run = load_run_config(doc)
+    assert run.model.family == family and run.model.d_model == 16
+    if family == "rnn":
+        assert run.model.rnn_cell == best["model.rnn_cell"]
+    else:
+        assert run.model.n_heads == 2 and run.model.d_ff == 32
+    code, _, err = _cli(capsys, "train", target, "--epochs", "1", "--no-tracking", "--output", f"train-{family}")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--family", "mlp"], "--family mlp: search run "),
+        (["--family", "cnn"], "error: --family cnn: not a model family (valid: transformer, rnn, mlp)"),
+        (["--family", "rnn", "--trial", "0"], "error: --family and --trial: choose one"),
+        (["--family", "rnn", "--knee"], "error: --family and --pick: choose one"),
+    ],
+)
+def test_a_bad_family_request_is_one_line_and_exit_2(
+    family_search: SimpleNamespace, capsys: pytest.CaptureFixture, args: list[str], needle: str
+) -> None:
+    code, out, err = _cli(capsys, "export", "--experiment", FAMILY_SEARCH, "--output", "never.yaml",
+                          "--tracking-uri", family_search.uri, *args)  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
+    if "mlp" in args:  # no mlp trial at all: the line says which families did complete
+        n = family_search.table.groupby("model.family")["state"].apply(lambda s: int((s == "COMPLETE").sum()))
+        assert err.strip().endswith(
+            f"has no COMPLETE mlp trial with a finite val_loss (COMPLETE trials: {n['transformer']} transformer, "
+            f"{n['rnn']} rnn)"
+        ), err
+    assert not Path("never.yaml").exists()
+
+
+def test_a_run_without_a_family_param_is_a_transformer() -> None:
+    """pick_family: best_of's rule within the family; an old run (no model.family) is a transformer."""
+
+    def trial(number: int, family: str | None, state: str, score: float) -> TrialRecord:
+        params = {"model.family": family} if family else {}
+        return TrialRecord(number, f"r{number}", f"t{number:03d}", state, params=params, score=score)
+
+    trials = [trial(0, None, "COMPLETE", 2.0), trial(1, "rnn", "COMPLETE", 1.5), trial(2, "rnn", "PRUNED", 0.1),
+              trial(3, "rnn", "COMPLETE", 1.5), trial(4, "transformer", "COMPLETE", 2.5)]  # fmt: skip
+    trials[3].feasible = False
+    assert pick_family(trials, "min", "transformer", "val_loss", "s").number == 0
+    assert pick_family(trials, "min", "rnn", "val_loss", "s").number == 1
+    assert pick_family(trials, "max", "rnn", "val_loss", "s").number == 1  # 3 missed a constraint
+    with pytest.raises(ExportError, match=r"no COMPLETE mlp trial .* \(COMPLETE trials: 2 transformer, 2 rnn\)"):
+        pick_family(trials, "min", "mlp", "val_loss", "s")

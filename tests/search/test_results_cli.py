@@ -225,3 +225,35 @@ def test_compact_numbers() -> None:
     assert [format_value("seconds", v) for v in (0.073, 12.34, 1234.5)] == ["0.07s", "12.3s", "1234s"]
     assert [format_value("model.d_model", v) for v in (256.0, math.nan, None)] == ["256", "", ""]
     assert format_value("value", 2.36552) == "2.366"
+
+
+def test_a_family_search_shows_the_family_and_heads_only_for_the_transformer() -> None:
+    """Trials of several model families: a `family` column, still within 100 columns with nothing
+    left out; an rnn or mlp row has no heads (its n_heads is an unused default). One family: no column."""
+    from rich.console import Console
+
+    def view(families: list[str]) -> ResultsView:
+        return _view(
+            number=[0, 1, 2], state=["COMPLETE", "COMPLETE", "INFEASIBLE"], value=[1.25, 2.5, None],
+            best_val_bleu=[12.5, 3.25, None], seconds=[12.5, 3.5, 0.0], n_params=[15872, 9300, 120_000_000],
+            **{"model.family": families, "model.d_model": [64, 48, 512], "model.n_heads": [4, 4, 4],
+               "model.n_encoder_layers": [2, 1, 6], "model.n_decoder_layers": [1, 1, 6], "train.lr": [3e-4, 1e-3, 2e-3]},
+        )  # fmt: skip
+
+    many = view(["transformer", "rnn", "mlp"])
+    cols = many.columns(None)
+    assert [c.name for c in cols] == [
+        "trial", "state", "val_loss", "val_bleu", "family", "d_model", "heads", "layers", "lr", "params", "seconds"
+    ]  # fmt: skip
+    console = Console(width=100, record=True)
+    console.print(many.render(many.rows(), cols, many.title(3), 100, fit=True))
+    text = console.export_text()
+    assert "…" not in text and "not shown" not in text and all(len(ln) <= 100 for ln in text.splitlines()), text
+    header, lines = table_lines(text)
+    assert header[4:7] == ["family", "d_model", "heads"], text
+    cells = {ln.split()[0]: ln.split() for ln in lines}
+    assert cells["0"][4:7] == ["transformer", "64", "4"]  # a transformer shows its heads
+    assert cells["1"][4:7] == ["rnn", "48", "1"], text  # rnn: no heads, so layers follows d_model
+    assert cells["2"][2:5] == ["mlp", "512", "6"], text  # (no value, no val_bleu either)
+    assert [c.name for c in view(["transformer"] * 3).columns(None)] == DEFAULT_HEADER
+    assert many.column("family").sources == ("model.family",)
