@@ -7,15 +7,11 @@ follow docs/conventions.md: ``train_loss`` (the optimised loss, label smoothing 
 compare), ``val_accuracy``, ``val_bleu``, ``lr``, ``tokens_per_s``, and the running totals ``step``
 (optimizer steps so far) and ``tokens`` (target tokens trained so far).
 
-An "epoch" of the loop is one pass over the training data unless ``train_cfg.round_tokens`` or
-``round_steps`` is set: then it is a *round* of that many target tokens (or optimizer steps) drawn
-from a continuing stream of shuffled batches, so models with different batch sizes get the same
-budget and a search places its rungs in tokens.
-
-A production run may add a compute budget (``RunBudget``, ``attntune train --max-tokens/--time-limit``):
-exactly ``max_tokens`` target tokens (the last batch is cut to fit; the schedule's length is the exact
-step count of that many tokens), and/or a ``time_limit_s`` after which training stops at the next step
-boundary, with a cosine schedule that decays over the time (see ``_Clock``).
+An "epoch" of the loop is one pass over the training data, or a *round* of ``train.round_tokens``
+tokens or ``round_steps`` steps; a production run may add a compute budget (``RunBudget``). How long a
+run trains and at what rate (the batch stream, budgets, the schedule, the clock) lives in
+``attntune.model.budget``; evaluation and the device rules in ``attntune.model.evaluate``. Their public
+names are imported here too, where the search side and ``attntune train`` have always taken them.
 
 Deterministic on CPU for a given ``train_cfg.seed``: the model, dropout and batch order are seeded,
 and resuming restores the RNG state, so an interrupted and resumed run matches an uninterrupted one.
@@ -28,20 +24,28 @@ import math
 import time
 import warnings
 from collections.abc import Iterable
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import sacrebleu
 import torch
 import torch.nn.functional as F
 
+from attntune.model import mup
+from attntune.model.budget import (  # noqa: F401 - token_budget_recipe: importers take it from here
+    BatchStream,
+    Clock,
+    RunBudget,
+    epoch_batches,
+    lr_at,
+    schedule_steps,
+    token_budget_recipe,
+)
 from attntune.model.checkpoint import load_train_state, load_weights, save_checkpoint
 from attntune.model.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from attntune.model.cost import n_params
-from attntune.model.data import Pair, TaskData, batch_indices, collate
-from attntune.model.decoding import greedy_decode
+from attntune.model.data import TaskData, batch_indices, collate
+from attntune.model.evaluate import autocast_for, bleu_score, evaluate, resolve_device
 from attntune.model.families import Seq2Seq, build_model
 
 # 2: adds the running token count, the batch stream position and the loss average; a version-1
@@ -89,131 +93,6 @@ class LossCeiling:
             )
 
 
-def _epoch_batches(data: TaskData, cfg: TrainConfig, epoch: int, per_epoch: int) -> list[list[int]]:
-    """Data epoch ``epoch``'s shuffled batches (seeded by the recipe's seed and the epoch), cut to
-    ``per_epoch``: the same in epoch mode, in a round's stream and when a resume recounts tokens."""
-    seed = cfg.seed * 100_003 + epoch
-    return batch_indices(data.train, cfg.batch_size, cfg.batch_unit, shuffle=True, seed=seed)[:per_epoch]
-
-
-class _BatchStream:
-    """Training batches epoch after epoch of the data, each data epoch reshuffled with the seed an
-    epoch-mode run uses for it; ``position`` (data epoch, next batch) is all a resume needs."""
-
-    def __init__(self, data: TaskData, cfg: TrainConfig, per_epoch: int, position: tuple[int, int] = (1, 0)):
-        self.data, self.cfg, self.per_epoch = data, cfg, per_epoch
-        self.data_epoch, self.index = position
-        self._batches: list[list[int]] | None = None
-
-    @property
-    def position(self) -> tuple[int, int]:
-        return self.data_epoch, self.index
-
-    def __iter__(self) -> _BatchStream:
-        return self
-
-    def __next__(self) -> list[int]:
-        if self._batches is None or self.index >= len(self._batches):
-            if self._batches is not None:
-                self.data_epoch, self.index = self.data_epoch + 1, 0
-            self._batches = _epoch_batches(self.data, self.cfg, self.data_epoch, self.per_epoch)
-        idx = self._batches[self.index]
-        self.index += 1
-        return idx
-
-
-@dataclass(frozen=True)
-class RunBudget:
-    """A production run's compute budget, on top of its recipe (``attntune train --max-tokens/--time-limit``).
-
-    ``max_tokens``: train exactly this many target tokens (padding excluded), in rounds of
-    ``train.round_tokens`` (``token_budget_recipe`` sets them); the batch that crosses the budget is cut
-    to the tokens left, and the learning-rate schedule spans the exact number of steps those tokens take.
-
-    ``time_limit_s``: stop at the first step boundary once the time left is what the last evaluation and
-    checkpoint took (so the final ones end about on time); that last, partial epoch is evaluated,
-    reported and checkpointed as usual. The clock starts with training (data loading and MLflow logging
-    are not counted). A cosine schedule decays by the larger of its step progress and the share of the
-    time used after warm-up, so it reaches 0 when the time runs out whichever budget binds; warm-up,
-    ``inverse_sqrt`` and ``constant`` are the recipe's. ``open_ended``: the time limit alone bounds the
-    run (``train.epochs`` does not); a round recipe (``round_tokens``/``round_steps``) still sets what one
-    reported epoch is.
-    """
-
-    max_tokens: int | None = None
-    time_limit_s: float | None = None
-    open_ended: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_tokens is not None and self.max_tokens <= 0:
-            problems.append(f"max_tokens: must be > 0, got {self.max_tokens}")
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            problems.append(f"time_limit: must be > 0, got {self.time_limit_s}")
-        if self.open_ended and (self.time_limit_s is None or self.max_tokens is not None):
-            problems.append("open_ended: only a time limit alone leaves the number of epochs open")
-        if problems:
-            raise ConfigError(problems)
-
-
-def token_budget_recipe(cfg: TrainConfig, max_tokens: int, rounds: int | None = None) -> TrainConfig:
-    """The recipe of a run of exactly ``max_tokens`` target tokens: reported in rounds of tokens.
-
-    A recipe with ``round_tokens`` (a config exported from a token-budget search) keeps its round size
-    unless ``rounds`` is given; otherwise ``rounds`` (default ``train.epochs``) rounds of
-    ceil(max_tokens / rounds) tokens. ``epochs`` becomes the number of rounds.
-    """
-    if max_tokens <= 0:
-        raise ConfigError(f"max_tokens: must be > 0, got {max_tokens}")
-    if cfg.round_steps is not None:
-        raise ConfigError(
-            f"train.round_steps: {cfg.round_steps} counts rounds in steps; a token budget needs rounds in "
-            "tokens (remove train.round_steps)"
-        )
-    if cfg.round_tokens is not None and rounds is None:
-        size = cfg.round_tokens
-    else:
-        size = -(-max_tokens // (rounds or cfg.epochs))
-    return replace(cfg, round_tokens=size, epochs=-(-max_tokens // size))
-
-
-def _steps_for_tokens(data: TaskData, cfg: TrainConfig, per_epoch: int, max_tokens: int) -> int:
-    """Optimizer steps that train exactly ``max_tokens`` target tokens: the batch stream, walked
-    ahead (indices only, no tensors), so the schedule ends on the run's last step."""
-    lengths = [len(t) - 1 for _, t in data.train]
-    stream = _BatchStream(data, cfg, per_epoch)
-    steps = tokens = 0
-    while tokens < max_tokens:
-        tokens += sum(lengths[i] for i in next(stream))
-        steps += 1
-    return steps
-
-
-def schedule_steps(cfg: TrainConfig, data: TaskData, budget: RunBudget | None = None) -> int | None:
-    """Optimizer steps the learning-rate schedule spans (None: open-ended, sized by the time limit)."""
-    n_batches = len(batch_indices(data.train, cfg.batch_size, cfg.batch_unit))
-    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-    return _total_steps(cfg, data, n_batches, steps_per_epoch, budget)
-
-
-def _total_steps(
-    cfg: TrainConfig, data: TaskData, n_batches: int, steps_per_epoch: int, budget: RunBudget | None = None
-) -> int | None:
-    """Optimizer steps of the whole run, for the schedule: exact for epochs, ``round_steps`` and a
-    token budget; for ``round_tokens`` estimated from the mean target tokens of a batch; None for a
-    time limit alone (the clock sizes the schedule then)."""
-    if budget is not None and budget.max_tokens is not None:
-        return _steps_for_tokens(data, cfg, steps_per_epoch, budget.max_tokens)
-    if budget is not None and budget.open_ended:
-        return None
-    if cfg.round_steps is not None:
-        return cfg.round_steps * cfg.epochs
-    if cfg.round_tokens is not None:
-        per_batch = sum(len(t) - 1 for _, t in data.train) / max(n_batches, 1)
-        return max(1, math.ceil(cfg.round_tokens / max(per_batch, 1.0))) * cfg.epochs
-    return steps_per_epoch * cfg.epochs
-
-
 class Reporter(Protocol):
     """Receives progress; ``report`` returning True stops training after that epoch."""
 
@@ -233,126 +112,14 @@ class TrainResult:
     stopped_by: str | None = None  # "time_limit": the budget's time ran out before the recipe's end
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int | None, min_progress: float = 0.0) -> float:
-    """Learning rate for optimizer step ``step`` (1-based); ``cfg.lr`` is the peak, reached at warmup's end.
-
-    A cosine schedule's progress is at least ``min_progress`` (the share of a time limit used, see
-    ``_Clock``); ``total_steps`` None means the time alone sizes it.
-    """
-    warm = cfg.warmup_steps
-    if warm and step <= warm:
-        return cfg.lr * step / warm
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "inverse_sqrt":
-        return cfg.lr * math.sqrt(max(warm, 1) / max(step, 1))
-    # cosine: from the peak at the end of warmup down to 0 at the last step
-    by_steps = (step - warm) / max(1, total_steps - warm) if total_steps is not None else 0.0
-    progress = min(1.0, max(by_steps, min_progress))
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class _Clock:
-    """A run's time limit: when training must stop, and how much of the time a cosine schedule has used.
-
-    Why the schedule follows the clock: a run stopped by time at a high learning rate ends with a
-    worse model than the same time spent on a schedule that had decayed; steps per second are not
-    known in advance (and differ between machines), elapsed time is. The share is measured from the
-    end of warm-up to the stop time and never goes back, so the learning rate only falls.
-    """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.start = time.perf_counter()
-        self.reserve = 0.0  # what the last evaluation + checkpoint took: kept free for the final ones
-        self.warm_end: float | None = None
-        self.progress = 0.0
-
-    def stop_at(self) -> float:
-        return self.start + self.seconds - self.reserve
-
-    def expired(self) -> bool:
-        return time.perf_counter() >= self.stop_at()
-
-    def schedule_progress(self, step: int, warmup_steps: int) -> float:
-        if step <= warmup_steps:
-            return 0.0
-        now = time.perf_counter()
-        if self.warm_end is None:
-            self.warm_end = now
-        span = self.stop_at() - self.warm_end
-        share = 1.0 if span <= 0 else (now - self.warm_end) / span
-        self.progress = max(self.progress, min(1.0, share))
-        return self.progress
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    """bf16 autocast on a GPU when asked (training, evaluation and latency timing agree); else nothing."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def make_optimizer(model: Seq2Seq, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, LayerNorm parameters and nothing else skip weight decay."""
-    decay, no_decay = [], []
-    for p in model.parameters():  # tied weights appear once
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW; biases, LayerNorm parameters and nothing else skip weight decay; under µP the hidden
+    matrices' groups carry their ``lr_mult`` (``mup.param_groups``), which the schedule multiplies."""
+    groups = mup.param_groups(model, model.cfg, cfg)
     try:  # the fused kernel is ~3x faster than the per-parameter loop, on CPU too
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9)
-
-
-@torch.no_grad()
-def evaluate(
-    model: Seq2Seq, pairs: list[Pair], train_cfg: TrainConfig, device: torch.device, pad_id: int
-) -> tuple[float, float]:
-    """(token cross-entropy without smoothing, token accuracy), padding excluded."""
-    if not pairs:
-        return float("nan"), float("nan")
-    model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
-    for idx in batch_indices(pairs, train_cfg.batch_size, train_cfg.batch_unit):
-        src, tgt_in, tgt_out = (t.to(device) for t in collate(pairs, idx, pad_id))
-        with autocast_for(device, train_cfg.bf16):
-            logits = model(src, tgt_in)  # (B, T, V)
-        logits = logits.float()
-        mask = tgt_out.ne(pad_id)
-        loss_sum += float(
-            F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=pad_id, reduction="sum")
-        )
-        correct += int((logits.argmax(-1).eq(tgt_out) & mask).sum())
-        total += int(mask.sum())
-    return loss_sum / total, correct / total
-
-
-@torch.no_grad()
-def bleu_score(model: Seq2Seq, data: TaskData, n: int, train_cfg: TrainConfig, device: torch.device) -> float:
-    """sacrebleu corpus BLEU (13a tokens, lower-cased) of greedy translations of the first ``n`` val pairs."""
-    pairs, texts = data.val[:n], data.val_text[:n]
-    if not pairs:
-        return 0.0
-    model.eval()
-    hyps: list[str] = [""] * len(pairs)
-    for idx in batch_indices(pairs, 128):  # length-sorted, so little padding to decode
-        src = collate(pairs, idx, data.pad_id)[0].to(device)
-        max_len = train_cfg.max_decode_len or 2 * src.shape[1] + 10
-        with autocast_for(device, train_cfg.bf16):
-            out = greedy_decode(model, src, data.tgt_tok.bos_id, data.tgt_tok.eos_id, max_len)
-        for i, ids in zip(idx, out, strict=True):
-            hyps[i] = data.tgt_tok.decode(ids)
-    refs = [t for _, t in texts]
-    return float(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
 
 
 def run_config_dict(
@@ -409,10 +176,10 @@ class _Run:
     tokens: int = 0  # target tokens trained so far, padding excluded
     position: tuple[int, int] = (1, 0)  # where the batch stream starts (rounds only): (data epoch, batch)
     loss_ema: float | None = None  # where LossCeiling's average starts
-    stream: _BatchStream | None = None  # rounds only; None: each epoch is one pass over the data
+    stream: BatchStream | None = None  # rounds only; None: each epoch is one pass over the data
     ceiling: LossCeiling | None = None
     budget: RunBudget | None = None
-    clock: _Clock | None = None  # with a time limit
+    clock: Clock | None = None  # with a time limit
     out_of_time: bool = False
 
 
@@ -483,7 +250,7 @@ def _setup(model_cfg: ModelConfig, train_cfg: TrainConfig, data: TaskData, budge
         n_params=count,
         info=_run_info(model_cfg, count, device, data, train_cfg),
         steps_per_epoch=steps_per_epoch,
-        total_steps=_total_steps(train_cfg, data, n_batches, steps_per_epoch, budget),
+        total_steps=schedule_steps(train_cfg, data, budget),
         budget=budget,
     )
 
@@ -514,7 +281,7 @@ def _resume(run: _Run, ckpt: Path) -> None:
         run.tokens = sum(
             len(run.data.train[i][1]) - 1
             for e in range(1, run.epoch + 1)
-            for idx in _epoch_batches(run.data, run.cfg, e, run.steps_per_epoch)
+            for idx in epoch_batches(run.data, run.cfg, e, run.steps_per_epoch)
             for i in idx
         )
     torch.set_rng_state(state["rng_cpu"])
@@ -532,8 +299,8 @@ def _train_step(
     it can spoil the weights (and a checkpoint) any further.
     """
     cfg, pad = run.cfg, run.data.pad_id
-    for g in run.optimizer.param_groups:
-        g["lr"] = lr
+    for g in run.optimizer.param_groups:  # scales each group's rate (µP: lr_mult), never overwrites it
+        g["lr"] = lr * g.get("lr_mult", 1.0)
     with autocast_for(run.device, cfg.bf16):
         logits = run.model(src, tgt_in)  # (B, T, V)
     # (B*T, V) rows: log-softmax over a contiguous last dimension is ~10x faster than over dim 1.
@@ -566,7 +333,7 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
     run.model.train()
     batches: Iterable[list[int]]
     if run.stream is None:
-        batches = _epoch_batches(run.data, cfg, epoch, run.steps_per_epoch)
+        batches = epoch_batches(run.data, cfg, epoch, run.steps_per_epoch)
     else:
         batches, round_start = run.stream, run.step
     loss_sum, n_tokens = 0.0, 0
@@ -698,11 +465,11 @@ def train(
         reporter.start(dict(run.info))
 
     if train_cfg.round_tokens is not None or train_cfg.round_steps is not None:
-        run.stream = _BatchStream(data, train_cfg, run.steps_per_epoch, run.position)
+        run.stream = BatchStream(data, train_cfg, run.steps_per_epoch, run.position)
     if train_cfg.loss_ceiling:
         run.ceiling = LossCeiling(train_cfg.loss_ceiling, train_cfg.warmup_steps, run.loss_ema)
     if budget is not None and budget.time_limit_s is not None:
-        run.clock = _Clock(budget.time_limit_s)
+        run.clock = Clock(budget.time_limit_s)
     stopped = False
     open_ended = budget is not None and budget.open_ended
     first = run.epoch + 1

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attntune.model import mup
 from attntune.model.config import ModelConfig
 from attntune.model.cost import n_params  # noqa: F401 - part of the model's API: the count of what it builds
 from attntune.model.decoding import (  # noqa: F401 - greedy_decode, beam_search: their home before families
@@ -52,19 +53,32 @@ class MultiHeadAttention(nn.Module):
 
     Self-attention projects Q, K and V with one fused (D, 3D) matrix; cross-attention projects Q from
     the decoder and K, V (fused, (D, 2D)) from the encoder memory, once per sequence when decoding.
+    ``scale`` multiplies the attention logits: None is SDPA's 1/sqrt(Dh); µP passes its own (model/mup.py).
     """
 
-    def __init__(self, d_model: int, n_heads: int, cross: bool = False):
+    def __init__(self, d_model: int, n_heads: int, cross: bool = False, scale: float | None = None):
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.cross = cross
+        self.scale = scale
         if cross:
             self.q_proj = nn.Linear(d_model, d_model)
             self.kv_proj = nn.Linear(d_model, 2 * d_model)
         else:
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+
+    @torch.no_grad()
+    def zero_query_(self) -> None:
+        """Zero the query projection (µP): the Q rows of the fused QKV matrix, or the cross-attention Q."""
+        if self.cross:
+            self.q_proj.weight.zero_()
+            self.q_proj.bias.zero_()
+        else:
+            d = self.n_heads * self.head_dim
+            self.qkv_proj.weight[:d].zero_()  # rows 0..D-1 of the (3D, D) weight give Q
+            self.qkv_proj.bias[:d].zero_()
 
     def _heads(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
         """(B, L, n*D) -> n tensors of (B, H, L, Dh)."""
@@ -95,7 +109,9 @@ class MultiHeadAttention(nn.Module):
                     k = torch.cat([cache["k"], k], dim=2)
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, Dh)
+        out = F.scaled_dot_product_attention(  # (B, H, T, Dh)
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale
+        )
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
@@ -118,7 +134,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, scale=mup.attention_scale(cfg))
         self.ff = FeedForward(cfg.d_model, cfg.d_ff)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
@@ -138,8 +154,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cross=True)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, scale=mup.attention_scale(cfg))
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cross=True, scale=mup.attention_scale(cfg))
         self.ff = FeedForward(cfg.d_model, cfg.d_ff)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.norm2 = nn.LayerNorm(cfg.d_model)
@@ -172,6 +188,8 @@ class Transformer(nn.Module):
     Token embeddings are scaled by sqrt(D) and added to sinusoidal positions (a buffer, not a
     parameter). Pre-LN models end each stack with a LayerNorm. With ``tie_embeddings`` the output
     projection shares its weight with the target embedding. The output projection has no bias.
+    Under ``parameterization: mup`` the embedding scale, attention scale, readout multiplier and
+    init follow model/mup.py; the parameters are the same (``n_params`` does not change).
     """
 
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0):
@@ -184,7 +202,7 @@ class Transformer(nn.Module):
         self.src_embed = nn.Embedding(src_vocab_size, d)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_len, d), persistent=False)
-        self.embed_scale = math.sqrt(d)
+        self.embed_scale = math.sqrt(mup.embedding_width(cfg))  # sqrt(D); sqrt(base width) under µP
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -192,19 +210,30 @@ class Transformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(d) if cfg.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(d) if cfg.norm_first else nn.Identity()
         self.generator = nn.Linear(d, tgt_vocab_size, bias=False)
+        self.readout_mult = mup.readout_mult(cfg)  # None under standard
         self._init_weights()
         if cfg.tie_embeddings:
             self.generator.weight = self.tgt_embed.weight
 
     def _init_weights(self) -> None:
-        """Xavier for projections (as nn.Transformer); N(0, D^-1/2) embeddings, so scaled inputs are ~unit."""
+        """Xavier for projections (as nn.Transformer); N(0, D^-1/2) embeddings, so scaled inputs are ~unit.
+
+        µP (model/mup.py) draws the same numbers, then zeroes the queries and gives the embeddings
+        and the untied readout the base width's scale.
+        """
         for name, p in self.named_parameters():
             if "embed" in name:
-                nn.init.normal_(p, mean=0.0, std=self.cfg.d_model**-0.5)
+                nn.init.normal_(p, mean=0.0, std=mup.embedding_width(self.cfg) ** -0.5)
             elif p.dim() > 1:
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias") and "norm" not in name:
                 nn.init.zeros_(p)
+        if mup.is_mup(self.cfg):
+            for module in self.modules():
+                if isinstance(module, MultiHeadAttention):
+                    module.zero_query_()
+            with torch.no_grad():  # when tied, this weight is replaced by the target embedding
+                self.generator.weight.mul_(mup.readout_init_gain(self.cfg, self.tgt_vocab_size))
 
     def _embed(self, tokens: Tensor, table: nn.Embedding, start: int = 0) -> Tensor:
         """(B, L) ids -> (B, L, D) scaled embeddings + positions start..start+L-1."""
@@ -236,7 +265,10 @@ class Transformer(nn.Module):
         x = self._embed(tgt_in, self.tgt_embed, start)
         for i, layer in enumerate(self.decoder_layers):
             x = layer(x, memory, mem_mask, cache[i] if cache is not None else None)
-        return self.generator(self.decoder_norm(x))
+        x = self.decoder_norm(x)  # (B, T, D)
+        if self.readout_mult is not None:  # µP: mup_output_mult / m, on (B, T, D) rather than (B, T, V)
+            x = x * self.readout_mult
+        return self.generator(x)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """(B, S) source ids, (B, T) shifted target ids -> (B, T, V) logits (teacher forcing)."""
