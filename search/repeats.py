@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from attntune.model.config import RunConfig, to_dict
+from attntune.model.config import ModelConfig, RunConfig, TrainConfig, to_dict
 from attntune.search.outcome import TrialState
 
 ATTR_DUPLICATE = "duplicate_of"
@@ -40,11 +40,14 @@ def config_key(cfg: RunConfig) -> str:
 
 
 def key_of_attrs(config: dict[str, Any] | None) -> str | None:
-    """``config_key`` of a trial from its ``config`` user attr (dotted ``model.*``/``train.*``)."""
+    """``config_key`` of a trial from its ``config`` user attr (dotted ``model.*``/``train.*``);
+    fields the attr lacks (a study from before they existed) take their defaults, as then."""
     if not config:
         return None
     model = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("model.")}
     train = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("train.")}
+    model = {**to_dict(ModelConfig()), **model}
+    train = {**to_dict(TrainConfig()), **train}
     return json.dumps({"model": model, "train": train}, sort_keys=True, default=str)
 
 
