@@ -32,6 +32,7 @@ from attntune.model.config import (
     TaskConfig,
     TrainConfig,
     apply_overrides,
+    at_width,
     load_dataclass,
     to_dict,
 )
@@ -333,6 +334,10 @@ def build_document(client: Any, search: SearchData, trial: TrialRecord, experime
         "tracking_uri": search.tracking_uri,
         "versions": _versions(),
     }
+    if job is not None and job.transfer_width is not None:  # tuned at the proxy width, trained at the target
+        proxy = load_dataclass(ModelConfig, model_d, "model")
+        model_d = to_dict(at_width(proxy, job.transfer_width))
+        provenance["transfer"] = {"proxy_d_model": proxy.d_model, "target_d_model": job.transfer_width}
     doc = {"task": task_section(task), "model": model_d, "train": train_d, "provenance": provenance}
     try:
         load_dataclass(RunConfig, doc)

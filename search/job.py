@@ -226,6 +226,7 @@ class _JobFile:
     constraints: Any = None  # ["n_params <= 20e6", "latency_ms <= 5"]
     baseline: Any = "default"  # the config trials are compared with: default | none | a file | {key: value}
     warm_start: Any = None  # {from: [earlier searches], top: 10}: their best trials seed the sampler
+    transfer: Any = None  # {model.d_model: 512}: tune at the proxy width, export at this one (muP)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,7 @@ class SearchJob:
     baseline: Baseline | None = None
     baseline_note: str = ""  # why a default baseline was left out (its config is outside the space)
     warm_start: WarmStart | None = None
+    transfer_width: int | None = None  # ``transfer: {model.d_model: N}``: export at this width (muP)
 
     @property
     def multi_objective(self) -> bool:
@@ -328,6 +330,7 @@ class SearchJob:
             "retries": self.retries,
             "objectives": ",".join(f"{o.name}:{o.mode}" for o in self.objectives),
             "constraints": "; ".join(str(c) for c in self.constraints) or None,
+            "transfer_d_model": self.transfer_width,
         }
 
 
@@ -407,6 +410,7 @@ def parse_job(
     problems.extend(_compatibility(plan, space, raw.budget, metric, objectives))
     baseline, note = (None, "") if space is None else _baseline(raw, plan.strategy, space, base, source, problems)
     warm = _warm_start(raw.warm_start, plan.strategy, problems)
+    width = _transfer(raw.transfer, base, space, problems)
     if problems:
         raise ConfigError(problems, source)
     assert space is not None and mode is not None
@@ -418,6 +422,7 @@ def parse_job(
         max_params=raw.max_params if raw.max_params is not None else space.max_params,
         retries=raw.retries, description=raw.description, source_text=text, source_path=source,
         objectives=objectives, constraints=constraints, baseline=baseline, baseline_note=note, warm_start=warm,
+        transfer_width=width,
     )  # fmt: skip
 
 
@@ -538,6 +543,37 @@ def _warm_start(spec: Any, strategy: str, problems: list[str]) -> WarmStart | No
         problems.append("warm_start: strategy grid would skip the earlier trials' points; use tpe, gp, cmaes or nsga2")
         return None
     return WarmStart(tuple(sources), top)
+
+
+def _transfer(spec: Any, base: RunConfig, space: Space | None, problems: list[str]) -> int | None:
+    """``transfer: {model.d_model: N}``: the search tunes at the job's width (the proxy), and
+    ``attntune export`` writes the config at width N with the tuned hyperparameters, which only
+    muP makes transfer (docs/search-job.md)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) != {"model.d_model"}:
+        problems.append("transfer: expected {model.d_model: TARGET_WIDTH} (only width transfer is offered)")
+        return None
+    width = spec["model.d_model"]
+    m = base.model
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+        problems.append(f"transfer.model.d_model: must be a whole number > 0, got {width!r}")
+    elif m.family != "transformer" or m.parameterization != "mup":
+        problems.append(
+            "transfer: needs model.parameterization: mup on the transformer (a learning rate tuned under "
+            f"standard parameterisation does not transfer across widths), got family={m.family!r}, "
+            f"parameterization={m.parameterization!r}"
+        )
+    elif width % m.n_heads:
+        problems.append(f"transfer.model.d_model: {width} is not a multiple of model.n_heads={m.n_heads}")
+    elif space is not None and {"model.d_model", "model.head_dim", "model.n_heads", "model.family"} & set(space.names()):
+        problems.append(
+            "transfer: the search tunes at one proxy width: do not search model.d_model, model.head_dim, "
+            "model.n_heads or model.family (set them in the job's model section)"
+        )
+    else:
+        return width
+    return None
 
 
 def _baseline_file(path: str, base: RunConfig, source: str) -> RunConfig:
