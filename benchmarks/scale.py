@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 TASK = {"name": "numbers", "n_train": 200, "val_size": 16, "test_size": 16}
 MODEL = {"d_model": 16, "n_heads": 2, "n_encoder_layers": 1, "n_decoder_layers": 1, "d_ff": 32, "dropout": 0.0}
@@ -63,7 +65,8 @@ def run_attntune(backend: str, n: int, folder: Path) -> list[dict[str, float]]:
     from attntune.search.run import run_search
 
     kept: dict[str, Any] = {}
-    job = parse_job(job_dict(f"scale-{backend}", backend, n, folder))
+    raw = job_dict(f"scale-{backend}", backend, n, folder)
+    job = parse_job(raw, text=yaml.safe_dump(raw, sort_keys=False))  # the job file export reads back
     run_search(job, quiet=True, report=False, on_open=lambda d: kept.setdefault("driver", d))
     return kept["driver"].clock.history
 

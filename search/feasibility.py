@@ -68,5 +68,20 @@ def launch_warnings(job: SearchJob, data: Any) -> list[str]:
     )
     where = f"space {job.space.name}" if warm else "train.warmup_steps"
     line = warmup_warning(SCHEDULERS.get(job.scheduler), job.budget, steps, (int(lo), int(hi)), where)
-    return [line] if line else []
+    return [x for x in (line, costly_sampler(job)) if x]
+
+
+GP_TRIALS = 200  # beyond this Optuna's GP sampler refits a model whose cost grows with every trial
+
+
+def costly_sampler(job: SearchJob) -> str | None:
+    """A sampler whose own cost per trial grows steeply with the study (Optuna's GP: a Gaussian
+    process refit on every trial) asked for more trials than it serves cheaply."""
+    if job.strategy != "gp" or job.budget.n_trials <= GP_TRIALS:
+        return None
+    return (
+        f"strategy gp refits a Gaussian process on every trial, so its cost per trial grows with the study "
+        f"(minutes per trial by several hundred trials); n_trials={job.budget.n_trials} is past {GP_TRIALS}: "
+        "tpe stays cheap at 1,000 trials"
+    )
 

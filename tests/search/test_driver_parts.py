@@ -17,6 +17,7 @@ import pytest
 
 from attntune.search.backends.base import checkpoint_dir
 from attntune.search.budget import SearchBudget
+from attntune.search.feasibility import costly_sampler
 from attntune.search.job import parse_job
 from attntune.search.objectives import Constraint, Objective
 from attntune.search.outcome import TrialOutcome, TrialState, best_of, merge_history, pareto_front, settle
@@ -186,3 +187,9 @@ def test_checkpoints_exist_only_where_a_trial_may_resume_from_them(tmp_path: Pat
     assert checkpoint_dir(job, 3) is None
     assert checkpoint_dir(job, 3, always=True) == (tmp_path / "out" / "checkpoints" / "t003").resolve()
     assert checkpoint_dir(parse_job(tiny_job(output=str(tmp_path / "out"), retries=1)), 3) is not None
+
+
+def test_gp_for_a_thousand_trials_is_warned_about_before_launch() -> None:
+    assert "strategy gp refits a Gaussian process" in costly_sampler(parse_job(tiny_job(strategy="gp", budget={"n_trials": 1000})))
+    assert costly_sampler(parse_job(tiny_job(strategy="gp", budget={"n_trials": 50}))) is None
+    assert costly_sampler(parse_job(tiny_job(strategy="tpe", budget={"n_trials": 1000}))) is None
