@@ -8,17 +8,17 @@ Everything is drawn with SVG traces (no WebGL), so a report renders in any brows
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from attntune.dashboards.data import parse_param_value
+from attntune.dashboards.data import MAX_HOVER_NAMES, MAX_LINES, line_sample, parse_param_value, sample_note
 from attntune.search.outcome import TrialState
 from attntune.search.pareto import front_indices
 from attntune.search.records import STATES, SearchData, TrialRecord
 from attntune.search.schedulers import SCHEDULERS
-from attntune.spaces.space import Param
 
 STATE_COLORS = {
     TrialState.COMPLETE: "#2e9e44",
@@ -31,8 +31,9 @@ STATE_COLORS = {
 ACCENT = "#1f4e9c"
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 MIN_IMPORTANCE_TRIALS = 4
-# Parallel coordinates: worst trials light grey-blue, best deep navy.
-QUALITY_SCALE = [[0.0, "#d3dae6"], [0.5, "#7d9ccc"], [1.0, "#0b3275"]]
+# fANOVA's forest above MAX_LINES complete trials (Optuna's default, 64 trees of depth 64, below):
+# its cost grows with the leaves; at 1,000 trials these give the same shares to 0.01 in 1 s instead of 18 s.
+SMALL_FOREST = {"n_trees": 32, "max_depth": 8}
 
 
 @dataclass
@@ -55,9 +56,27 @@ def metric_axis_title(metric: str, mode: str) -> str:
     return f"{metric} ({'lower' if mode == 'min' else 'higher'} is better)"
 
 
-def _layout(fig: Any, height: int = 420, **kw: Any) -> Any:
+@functools.cache
+def report_template() -> Any:
+    """plotly's ``plotly_white`` with the trace defaults of the kinds the report draws (scatter, bar)
+    only: every figure carries its template, and the whole one is 7 kB of styles for 3D and maps."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    full = pio.templates["plotly_white"]
+    return go.layout.Template(layout=full.layout, data={"scatter": full.data.scatter, "bar": full.data.bar})
+
+
+def drawn_value(v: float | None, digits: int = 6) -> float | None:
+    """A value as a chart draws it: ``digits`` significant digits (hover labels show 4); the data
+    block keeps the value as MLflow holds it."""
+    return v if v is None or not math.isfinite(v) else float(f"{v:.{digits}g}")
+
+
+def apply_layout(fig: Any, height: int = 420, **kw: Any) -> Any:
+    """The report's look: template, font, margins, a horizontal legend above the plot."""
     fig.update_layout(
-        template="plotly_white",
+        template=report_template(),
         height=height,
         margin=dict(l=70, r=30, t=40, b=60),
         font=dict(family=FONT, size=13, color="#1f2933"),
@@ -101,13 +120,11 @@ def history_section(d: SearchData) -> Section:
     pts.sort(key=lambda t: (t.start_time, t.number))
     best_line: list[dict[str, Any]] = []
     best: float | None = None
-    for t in pts:
-        if t.state != TrialState.COMPLETE:
-            continue
+    for t in pts:  # one point per complete trial that improved the best (the line steps there)
         v = t.value(metric)
-        if best is None or (v < best if mode == "min" else v > best):
+        if t.state == TrialState.COMPLETE and (best is None or (v < best if mode == "min" else v > best)):
             best = v
-        best_line.append({"number": t.number, "start_time": t.start_time, "best": best})
+            best_line.append({"number": t.number, "start_time": t.start_time, "best": best})
     sec.data = {
         "metric": metric,
         "mode": mode,
@@ -132,6 +149,7 @@ def history_section(d: SearchData) -> Section:
                 hovertemplate="best so far: %{y:.4g}<extra></extra>",
             )
         )
+    names = len(pts) <= MAX_HOVER_NAMES  # above, hover the trial number alone (a lighter page)
     for state in [*STATES, *sorted({t.state for t in pts} - set(STATES))]:
         group = [t for t in pts if t.state == state]
         if not group:
@@ -144,9 +162,10 @@ def history_section(d: SearchData) -> Section:
                 name=f"{state.lower()} ({len(group)})",
                 marker=dict(color=state_color(state), size=10, line=dict(color="white", width=1.5),
                             symbol="circle" if state == TrialState.COMPLETE else "diamond"),
-                text=[t.run_name for t in group],
+                text=[t.run_name for t in group] if names else None,
                 customdata=[[t.number] for t in group],
-                hovertemplate="trial %{customdata[0]} · %{text}<br>" + metric + " %{y:.4g}<br>started %{x}<extra></extra>",
+                hovertemplate="trial %{customdata[0]}" + (" · %{text}" if names else "")
+                + "<br>" + metric + " %{y:.4g}<br>started %{x}<extra></extra>",
             )
         )
     fig.update_xaxes(title_text="trial start time")
@@ -155,12 +174,19 @@ def history_section(d: SearchData) -> Section:
         mid = (pts[-1].start_time + pts[0].start_time) / 2
         fig.update_xaxes(range=[_ms_to_local(int(mid - 30_000)), _ms_to_local(int(mid + 30_000))])
     fig.update_yaxes(title_text=f"best {metric_axis_title(metric, mode)}")
-    sec.figure = _layout(fig)
+    sec.figure = apply_layout(fig)
     pruned = any(t.state == TrialState.PRUNED for t in pts)
     sec.caption = f"Each point is a trial's best {metric}, placed at the time the trial started" + (
         "; pruned trials stopped early, so their values are not comparable with complete ones. " if pruned else ". "
-    ) + "The line is the best complete trial so far."
+    ) + "The line is the best complete trial so far." + _hover_note(len(pts))
     return sec
+
+
+def _hover_note(n: int) -> str:
+    """The caption's note for a scatter plot too big to carry run names in its hover labels."""
+    if n <= MAX_HOVER_NAMES:
+        return ""
+    return f" Above {MAX_HOVER_NAMES} points a point's label names its trial number only (the Top 10 and the data block have run names)."
 
 
 def _counts_sentence(d: SearchData) -> str:
@@ -190,17 +216,37 @@ def rung_epochs(d: SearchData) -> list[int]:
     return list(sched.rungs(_Budget(d.int_setting("min_epochs", 1), d.int_setting("max_epochs", 1))))
 
 
+def curve_trials(d: SearchData) -> tuple[list[TrialRecord], list[TrialRecord], int]:
+    """(trials that reported the metric, those whose curves the chart draws, how many of these were
+    taken as the best): every one up to ``MAX_LINES``, else a sample (``data.line_sample``). Decided
+    from the summary metrics alone, so the report reads only the curves it draws."""
+    reported = [t for t in d.trials if t.curve or d.metric in t.metrics]
+    drawn, n_best = line_sample(reported, d.ranked(), key=_run_id)
+    return reported, drawn, n_best
+
+
+def _run_id(t: TrialRecord) -> str:
+    return t.run_id
+
+
+def curves_to_read(d: SearchData) -> list[TrialRecord]:
+    """The trials whose metric histories the report reads (``records.read_search(curves=...)``)."""
+    return curve_trials(d)[1]
+
+
 def curves_section(d: SearchData) -> Section:
-    """Metric per epoch for every trial, coloured by state, rung epochs marked."""
+    """Metric per epoch for every trial (a sample above ``MAX_LINES``), coloured by state, rung epochs marked."""
     import plotly.graph_objects as go
 
     sec = Section("curves", "Learning curves")
     metric = d.metric
     rungs = rung_epochs(d)
-    with_curve = [t for t in d.trials if t.curve]
+    reported, drawn, n_best = curve_trials(d)
+    with_curve = [t for t in drawn if t.curve]
     sec.data = {
         "metric": metric,
         "rungs": rungs,
+        "reported": len(reported),  # trials with a curve; "trials" holds the ones drawn
         "trials": [
             {
                 "number": t.number,
@@ -221,12 +267,12 @@ def curves_section(d: SearchData) -> Section:
     order = {s: i for i, s in enumerate((TrialState.FAILED, TrialState.PRUNED, TrialState.COMPLETE))}  # complete drawn on top
     for t in sorted(with_curve, key=lambda t: (order.get(t.state, -1), t.number)):
         xs = [e for e, _ in t.curve]
-        ys = [v if math.isfinite(v) else None for _, v in t.curve]
+        ys = [drawn_value(v) if math.isfinite(v) else None for _, v in t.curve]
         color = state_color(t.state)
-        symbols = ["circle"] * len(xs)
-        sizes = [6] * len(xs)
+        symbols: Any = "circle"  # one value for every point; a list only where the last one differs
+        sizes: Any = 6
         if t.state in (TrialState.PRUNED, TrialState.FAILED) and xs:
-            symbols[-1], sizes[-1] = "x", 11
+            symbols, sizes = ["circle"] * (len(xs) - 1) + ["x"], [6] * (len(xs) - 1) + [11]
         fig.add_trace(
             go.Scatter(
                 x=xs, y=ys, mode="lines+markers",
@@ -236,8 +282,8 @@ def curves_section(d: SearchData) -> Section:
                 name=f"{t.state.lower()} ({counts[t.state]})",
                 legendgroup=t.state,
                 showlegend=t.state not in shown,
-                text=[t.run_name] * len(xs),
-                hovertemplate=f"trial {t.number} · %{{text}}<br>{d.round_word} %{{x}}: {metric} %{{y:.4g}}<extra>{t.state.lower()}</extra>",
+                meta=[t.run_name],  # once per curve, not once per point
+                hovertemplate=f"trial {t.number} · %{{meta[0]}}<br>{d.round_word} %{{x}}: {metric} %{{y:.4g}}<extra>{t.state.lower()}</extra>",
             )
         )
         shown.add(t.state)
@@ -250,13 +296,14 @@ def curves_section(d: SearchData) -> Section:
     unit = d.round_word
     fig.update_xaxes(title_text=unit + d.round_note(), dtick=1, range=[0.7, max_epoch + 0.3])
     fig.update_yaxes(title_text=metric_axis_title(metric, d.mode))
-    sec.figure = _layout(fig)
+    sec.figure = apply_layout(fig)
     sched = d.setting("scheduler", "none")
     if sched == "none":
         sec.caption = f"{metric} after every {unit}. No scheduler: every trial trains its full budget"
     else:
         sec.caption = f"{metric} after every {unit}. Pruned trials end (×) at the {unit} the {sched} scheduler stopped them"
     sec.caption += "; dotted lines mark the rungs where trials are compared." if rungs else "."
+    sec.caption += sample_note(len(drawn), len(reported), n_best, metric)
     return sec
 
 
@@ -299,7 +346,8 @@ def param_importances(d: SearchData) -> tuple[dict[str, float] | None, str, str 
     try:
         import sklearn  # noqa: F401 - optuna's fANOVA fits a random forest
 
-        evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+        forest = {} if n <= MAX_LINES else SMALL_FOREST  # Optuna's default forest costs ~18 s at 1,000
+        evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0, **forest), "fANOVA"
     except ImportError:
         evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
     try:
@@ -317,7 +365,8 @@ def importance_section(d: SearchData) -> Section:
 
     sec = Section("importance", "Hyperparameter importance")
     imp, name, msg = param_importances(d)
-    sec.data = {"evaluator": name, "n_complete": len(d.completed()), "importances": imp}
+    forest = SMALL_FOREST if name == "fANOVA" and len(d.completed()) > MAX_LINES else None
+    sec.data = {"evaluator": name, "n_complete": len(d.completed()), "importances": imp, "forest": forest}
     if imp is None:
         sec.message = msg
         return sec
@@ -332,151 +381,17 @@ def importance_section(d: SearchData) -> Section:
     fig.update_xaxes(title_text=f"share of {d.metric} variance explained ({name})", tickformat=".0%",
                      range=[0, max(v for _, v in items) * 1.18 or 1])
     fig.update_yaxes(title_text="", automargin=True)
-    sec.figure = _layout(fig, height=max(260, 70 + 46 * len(items)), showlegend=False)
+    sec.figure = apply_layout(fig, height=max(260, 70 + 46 * len(items)), showlegend=False)
+    n = len(d.completed())
     sec.caption = (
-        f"{name} importance over {len(d.completed())} complete trials, computed by Optuna on a study "
-        "rebuilt from the MLflow child runs."
+        f"{name} importance over {n} complete trials, computed by Optuna on a study rebuilt from the MLflow child runs."
     )
+    if name == "fANOVA" and n > MAX_LINES:
+        sec.caption += (
+            f" Above {MAX_LINES} complete trials its random forest is {SMALL_FOREST['n_trees']} trees of depth "
+            f"at most {SMALL_FOREST['max_depth']} (Optuna's default: 64 trees of depth 64), to stay quick."
+        )
     return sec
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """1, 2, 5 x 10^k ticks inside [lo, hi] (at least the two ends)."""
-    out = []
-    for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            v = m * 10.0**k
-            if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
-                out.append(v)
-    if len(out) > 6:
-        out = [v for v in out if f"{v:.0e}".startswith("1")]
-    return out or [lo, hi]
-
-
-def _axis(p: Param | None, values: list[Any], label: str) -> dict[str, Any]:
-    """Map one dimension's values to [0, 1] plus its tick positions and labels."""
-    if p is not None and p.type == "categorical":
-        choices = list(p.choices)
-        n = len(choices)
-        pos = {repr(c): (i / (n - 1) if n > 1 else 0.5) for i, c in enumerate(choices)}
-        return {
-            "label": label, "log": False,
-            "y": [pos.get(repr(v), 0.5) for v in values],
-            "ticks": [(pos[repr(c)], str(c)) for c in choices],
-        }
-    nums = [float(v) for v in values]
-    if p is not None and p.low is not None and p.high is not None:
-        lo, hi = float(p.low), float(p.high)
-    else:
-        lo, hi = min(nums), max(nums)
-    log = bool(p is not None and p.log and lo > 0)
-    f = math.log10 if log else (lambda x: x)
-    a, b = f(lo), f(hi)
-
-    def norm(x: float) -> float:
-        return 0.5 if b == a else (f(x) - a) / (b - a)
-
-    if log:
-        ticks = [(norm(v), f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")) for v in _log_ticks(lo, hi)]
-    elif p is not None and p.type == "int" and hi - lo <= 8:
-        ticks = [(norm(v), str(v)) for v in range(int(lo), int(hi) + 1, int(p.step or 1))]
-    else:
-        ticks = [(norm(v), f"{v:.3g}") for v in ([lo] if b == a else [lo, (lo + hi) / 2, hi])]
-    return {"label": label, "log": log, "y": [norm(x) for x in nums], "ticks": ticks}
-
-
-def parallel_section(d: SearchData) -> Section:
-    """Parallel coordinates of the searched parameters against the metric (complete trials)."""
-    import plotly.graph_objects as go
-    from plotly.colors import sample_colorscale
-
-    sec = Section("parallel", "Parameters against the metric")
-    done = d.completed()
-    metric, mode = d.metric, d.mode
-    dims: list[tuple[Param, list[Any]]] = []
-    for p in d.space:
-        vals = [parse_param_value(p, t.params[p.name]) if p.name in t.params else None for t in done]
-        if done and all(v is not None for v in vals):
-            dims.append((p, vals))
-    sec.data = {
-        "metric": metric,
-        "params": [p.name for p, _ in dims],
-        "trials": [
-            {"number": t.number, "value": t.value(metric), **{p.name: vals[i] for p, vals in dims}}
-            for i, t in enumerate(done)
-        ],
-    }
-    if len(done) < 2 or not dims:
-        why = (
-            "no searched parameter is known" if not dims and done
-            else f"{len(done)} complete trial{'' if len(done) == 1 else 's'}"
-        )
-        sec.message = f"Parallel coordinates need at least 2 complete trials with their parameters; this search has {why}."
-        return sec
-    values = [t.value(metric) for t in done]
-    axes = [_axis(p, vals, p.name) for p, vals in dims]
-    vmin, vmax = min(values), max(values)
-    axes.append(_axis(None, values, metric))
-    # quality: 1 for the best trial, 0 for the worst
-    q = [0.5 if vmax == vmin else ((vmax - v) if mode == "min" else (v - vmin)) / (vmax - vmin) for v in values]
-    colors = sample_colorscale(QUALITY_SCALE, q)
-    fig = go.Figure()
-    xs = list(range(len(axes)))
-    for i in sorted(range(len(done)), key=lambda i: q[i]):  # best drawn last (on top)
-        t = done[i]
-        hover = "<br>".join(
-            [f"trial {t.number} · {t.run_name}", f"{metric} {values[i]:.4g}"]
-            + [f"{p.name} {_fmt_param(vals[i])}" for p, vals in dims]
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=xs, y=[ax["y"][i] for ax in axes], mode="lines+markers",
-                line=dict(color=colors[i], width=2.5), marker=dict(color=colors[i], size=7),
-                hovertemplate=hover + "<extra></extra>", showlegend=False,
-            )
-        )
-    # colour bar: an invisible trace carries the scale, in metric units
-    fig.add_trace(
-        go.Scatter(
-            x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-            marker=dict(
-                colorscale=QUALITY_SCALE, reversescale=mode == "min", cmin=vmin, cmax=vmax if vmax > vmin else vmin + 1,
-                color=[vmin], showscale=True,
-                colorbar=dict(title=dict(text=metric, side="right"), thickness=14, len=0.9),
-            ),
-        )
-    )
-    _draw_axes(fig, axes)
-    fig.update_xaxes(visible=False, range=[-0.45, len(axes) - 0.8])
-    fig.update_yaxes(visible=False, range=[-0.06, 1.16])
-    _layout(fig, height=440, showlegend=False)
-    fig.update_layout(margin=dict(l=50, r=20, t=30, b=20))
-    sec.figure = fig
-    sec.caption = (
-        f"One line per complete trial across the searched ranges; darker lines are better {metric}. "
-        "Log-scale parameters (such as the learning rate) use log axes."
-    )
-    return sec
-
-
-def _draw_axes(fig: Any, axes: list[dict[str, Any]]) -> None:
-    """Each parallel axis: a vertical line, its dotted name (the prefix small), its ticks."""
-    for x, ax in enumerate(axes):
-        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, line=dict(color="#3b4252", width=1.5), layer="below")
-        prefix, dot, rest = ax["label"].rpartition(".")
-        label = (f"<span style='font-size:10px;color:#66758a'>{prefix}.</span><br>" if dot else "<br>") + f"<b>{rest}</b>"
-        if ax["log"]:
-            label += " <span style='font-size:10px;color:#66758a'>log</span>"
-        fig.add_annotation(x=x, y=1.0, yshift=26, text=label, showarrow=False, font=dict(size=12))
-        for y, label in ax["ticks"]:
-            fig.add_annotation(x=x, y=y, text=label, showarrow=False, xanchor="right", xshift=-6,
-                               font=dict(size=11, color="#5b6577"))
-
-
-def _fmt_param(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
 
 
 # --------------------------------------------------------------------------- cost view
@@ -527,7 +442,7 @@ def cost_section(d: SearchData) -> Section:
         fig.update_xaxes(title_text="tokens/s (last epoch)", row=1, col=2,
                          range=_padded([t.metrics["tokens_per_s"] for t in fast], False), tickformat="~s")
     fig.update_yaxes(title_text=metric_axis_title(metric, mode), row=1, col=1)
-    sec.figure = _layout(fig, height=450)
+    sec.figure = apply_layout(fig, height=450)
     fig.update_layout(margin=dict(t=80), legend=dict(y=1.12))
     sec.caption = (
         "Complete trials only. Highlighted: the Pareto front, trials that no other trial beats on both "
@@ -539,6 +454,7 @@ def cost_section(d: SearchData) -> Section:
             "highlights its Pareto front (trials that missed a measured constraint are never on it); "
             "`attntune export --knee` or `--pick best --max-params N` exports one of them."
         )
+    sec.caption += _hover_note(len(done))
     return sec
 
 
@@ -563,13 +479,15 @@ def _cost_panel(fig: Any, col: int, trials: list[TrialRecord], front: list[int],
     on = [t for t in trials if t.number in front]
     on.sort(key=lambda t: front.index(t.number))
     unit = "params" if kind == "size" else "tokens/s"
+    names = len(trials) <= MAX_HOVER_NAMES  # above, hover the trial number alone (a lighter page)
     fig.add_trace(
         go.Scatter(
             x=[x_of(t) for t in trials], y=[t.value(metric) for t in trials], mode="markers",
             marker=dict(color=STATE_COLORS[TrialState.COMPLETE], size=9, opacity=0.55, line=dict(color="white", width=1)),
             name="complete trial", legendgroup="complete", showlegend=col == 1,
-            text=[t.run_name for t in trials], customdata=[[t.number] for t in trials],
-            hovertemplate="trial %{customdata[0]} · %{text}<br>%{x:,.0f} " + unit + "<br>" + metric + " %{y:.4g}<extra></extra>",
+            text=[t.run_name for t in trials] if names else None, customdata=[[t.number] for t in trials],
+            hovertemplate="trial %{customdata[0]}" + (" · %{text}" if names else "")
+            + "<br>%{x:,.0f} " + unit + "<br>" + metric + " %{y:.4g}<extra></extra>",
         ),
         row=1, col=col,
     )

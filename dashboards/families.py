@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from attntune.dashboards.charts import FONT, Section, metric_axis_title
+from attntune.dashboards.charts import FONT, Section, metric_axis_title, report_template
 from attntune.model.config import FAMILY_FIELDS
 from attntune.search.outcome import TrialState, best_of
 from attntune.search.records import SearchData, TrialRecord
@@ -157,7 +157,7 @@ def _ms_to_iso(ms: float) -> str:
 def _layout(fig: Any) -> Any:
     """The other charts' look (charts.py), with room above for the panel titles and the legend."""
     fig.update_layout(
-        template="plotly_white", height=450, margin=dict(l=70, r=30, t=80, b=60),
+        template=report_template(), height=450, margin=dict(l=70, r=30, t=80, b=60),
         font=dict(family=FONT, size=13, color="#1f2933"), hoverlabel=dict(font_family=FONT),
         legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="left", x=0, title_text=""),
     )  # fmt: skip

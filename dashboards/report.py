@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from attntune.dashboards.charts import curves_to_read
 from attntune.dashboards.render import build_html
 from attntune.model.config import ConfigError
 from attntune.search.records import (
@@ -60,7 +61,7 @@ def report_command(
 ) -> Path:
     """What ``attntune report`` does: resolve, build from MLflow, write, log to the parent run."""
     uri, run_id, folder = resolve_search(name_or_folder, search_run, tracking_uri)
-    data = load_search(uri, run_id)  # raises before anything is written
+    data = load_search(uri, run_id, curves=curves_to_read)  # raises before anything is written
     if output is not None:
         path = output / REPORT_FILE if output.is_dir() else output
     elif folder is not None:
@@ -75,7 +76,7 @@ def report_command(
 
 def write_report(tracking_uri: str, parent_run_id: str, output: Path, log: bool = True) -> Path:
     """Build the report of one search run from MLflow, write it, and (by default) log it."""
-    data = load_search(tracking_uri, parent_run_id)
+    data = load_search(tracking_uri, parent_run_id, curves=curves_to_read)  # only the curves it draws
     write_html(data, output)
     if log:
         log_report(tracking_uri, parent_run_id, output)

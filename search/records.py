@@ -4,7 +4,8 @@ A search is one parent run (tag ``attntune.kind=search``) with one child run per
 (docs/mlflow.md). ``export``, ``report`` and ``ui`` read them here, so they all page past MLflow's
 1,000 runs per answer, agree on what a trial record holds, and rank trials the same way: the best
 trial and the Pareto front come from ``outcome.best_of`` / ``outcome.pareto_front`` only.
-Metric histories cost one request per trial, so they are read only when a caller asks for them.
+Metric histories cost one request per trial, so they are read only when a caller asks for them,
+and only for the trials it names (the report reads the curves it draws: ``read_search(curves=pick)``).
 
 mlflow is imported inside the functions that talk to a store: it is slow to import, and the CLI
 imports this module at start-up.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,8 +224,10 @@ def objective_vector(t: TrialRecord, objectives: Sequence[tuple[str, str]]) -> l
 
 
 def pareto_front(trials: Iterable[TrialRecord], objectives: Sequence[tuple[str, str]]) -> list[TrialRecord]:
-    """COMPLETE, feasible trials no other such trial dominates (``outcome.pareto_front``), by number."""
-    front = outcome_front(trials, [m for _, m in objectives], lambda t: objective_vector(t, objectives))
+    """COMPLETE, feasible trials no other such trial dominates (``outcome.pareto_front``), by number;
+    a repeat answered from another trial (tag ``duplicate_of``) is represented by that trial."""
+    originals = [t for t in trials if not t.tags.get("duplicate_of")]
+    front = outcome_front(originals, [m for _, m in objectives], lambda t: objective_vector(t, objectives))
     return sorted(front, key=lambda t: t.number)
 
 
@@ -373,20 +376,28 @@ def locate_store(uri: str | None, folder: Path) -> str | None:
 # --------------------------------------------------------------------------- reading a search
 
 
-def load_search(uri: str, parent_run_id: str, *, curves: bool = True, space: bool = True) -> SearchData:
+# Which trials' curves to read, chosen from the search read without them (e.g. the ones a chart draws).
+CurvePick = Callable[[SearchData], Iterable[TrialRecord]]
+
+
+def load_search(uri: str, parent_run_id: str, *, curves: bool | CurvePick = True, space: bool = True) -> SearchData:
     """One search read from the store at ``uri`` (by default with curves and space, as the report needs)."""
     client = open_store(uri)
     parent = get_search_run(client, parent_run_id, uri)
     return read_search(client, parent, uri, curves=curves, space=space)
 
 
-def read_search(client: Any, parent: Any, uri: str, *, curves: bool = False, space: bool = False) -> SearchData:
-    """The search record of ``parent``: its settings, summary and every trial; each trial's metric
-    curve and the searched space only when asked (one request per trial, one download)."""
+def read_search(
+    client: Any, parent: Any, uri: str, *, curves: bool | CurvePick = False, space: bool = False
+) -> SearchData:
+    """The search record of ``parent``: its settings, summary and every trial; metric curves and the
+    searched space only when asked (one request per curve, one download). ``curves`` is True for
+    every trial's curve, or a function that picks the trials whose curves to read from the search
+    read without them."""
     params = dict(parent.data.params)
     metric, mode = params.get("metric", "val_loss"), params.get("mode", "min")
     exp_id = parent.info.experiment_id
-    return SearchData(
+    data = SearchData(
         tracking_uri=uri,
         experiment_id=exp_id,
         experiment_name=client.get_experiment(exp_id).name,
@@ -398,9 +409,12 @@ def read_search(client: Any, parent: Any, uri: str, *, curves: bool = False, spa
         params=params,
         metrics=dict(parent.data.metrics),
         tags=dict(parent.data.tags),
-        trials=read_trials(client, parent, metric, mode, curves=curves),
+        trials=read_trials(client, parent, metric, mode, curves=curves is True),
         space=read_space(client, parent.info.run_id) if space else [],
     )
+    if callable(curves):
+        read_curves(client, [t for t in curves(data) if not t.curve], metric, mode)
+    return data
 
 
 def read_trials(client: Any, parent: Any, metric: str, mode: str, *, curves: bool = False) -> list[TrialRecord]:
@@ -410,7 +424,16 @@ def read_trials(client: Any, parent: Any, metric: str, mode: str, *, curves: boo
     trials = [t for t in map(trial_record, children) if t is not None]
     for t in trials:
         t.score = t.value(metric)
-        if metric not in t.metrics or not (curves or t.score is None):
+    read_curves(client, [t for t in trials if curves or t.score is None], metric, mode)
+    trials.sort(key=lambda t: (t.number, t.start_time or 0))
+    return trials
+
+
+def read_curves(client: Any, trials: Iterable[TrialRecord], metric: str, mode: str) -> None:
+    """Fill each trial's ``curve`` (its last value per epoch) from its history of ``metric``, one
+    request per trial that logged it; a trial without a score gets its best finite epoch as one."""
+    for t in trials:
+        if metric not in t.metrics:
             continue
         history = client.get_metric_history(t.run_id, metric)
         by_step = {int(m.step): float(m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
@@ -418,8 +441,6 @@ def read_trials(client: Any, parent: Any, metric: str, mode: str, *, curves: boo
         if t.score is None:
             values = [v for v in (finite(m.value) for m in history) if v is not None]
             t.score = (min(values) if mode == "min" else max(values)) if values else None
-    trials.sort(key=lambda t: (t.number, t.start_time or 0))
-    return trials
 
 
 def best_values(uri: str, run_ids: Iterable[str], name: str, mode: str) -> dict[str, float]:

@@ -55,11 +55,13 @@ class _Ranked:
 
 def pareto_numbers(study: Any) -> list[int]:
     """Trial numbers on the Pareto front of a multi-objective study (``outcome.pareto_front``:
-    COMPLETE trials that met every measured constraint and that no other such trial dominates)."""
+    COMPLETE trials that met every measured constraint and that no other such trial dominates; a
+    repeat answered from another trial stands for that trial, which is on the front in its place)."""
     modes = ["min" if d.name == "MINIMIZE" else "max" for d in study.directions]
     trials = [
         _Ranked(t.number, state_of(t), bool(t.user_attrs.get("feasible", True)), t.values)
         for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("duplicate_of") is None
     ]
     return sorted(t.number for t in pareto_front(trials, modes, lambda t: t.value))
 
