@@ -36,7 +36,7 @@ from attntune.model.config import (
     load_dataclass,
     to_dict,
 )
-from attntune.search.job import parse_job, parse_yaml_text
+from attntune.search.job import parse_job
 from attntune.search.outcome import Gain, TrialState, baseline_gain, finite
 from attntune.search.pareto import knee_index, to_min
 from attntune.search.records import (
@@ -52,6 +52,7 @@ from attntune.search.records import (
     read_search,
     resolve_uri,
 )
+from attntune.search.yaml_io import parse_yaml_text
 
 EXPORTABLE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 FAMILIES = tuple(FAMILY_FIELDS)  # what --family accepts: model.family's values

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from attntune.model.config import (
     ConfigError,
     ModelConfig,
@@ -21,14 +19,13 @@ from attntune.model.config import (
     TaskConfig,
     TrainConfig,
     Validated,
-    apply_overrides,
-    file_not_found,
     load_dataclass,
     parse_dataclass,
     parse_fields,
     to_dict,
 )
 from attntune.search.backends import BACKENDS
+from attntune.search.job_sections import Baseline, WarmStart, parse_baseline, parse_transfer, parse_warm_start
 from attntune.search.objectives import (
     METRIC_MODES,
     REPORTED,
@@ -38,7 +35,8 @@ from attntune.search.objectives import (
 )
 from attntune.search.schedulers import SCHEDULERS, Scheduler
 from attntune.search.strategies import PRESETS, STRATEGIES, Strategy
-from attntune.spaces.space import Space, expand, load_space, project
+from attntune.search.yaml_io import read_yaml
+from attntune.spaces.space import Space, load_space
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_OUTPUT_ROOT = "attntune-runs"
@@ -230,25 +228,6 @@ class _JobFile:
 
 
 @dataclass(frozen=True)
-class Baseline:
-    """The config every trial is compared with, trained first (trials 0..repeats-1, the training
-    seed differing) and never stopped early, so a search's best is never worse than it on the
-    search's own metric and the repeats tell the metric's noise."""
-
-    values: dict[str, Any]  # the space's parameters that give the config (spaces.space.project)
-    repeats: int
-    source: str  # "default", the file it came from, or "job file"
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """Earlier searches whose best trials seed this one's sampler (``search.warm_start``)."""
-
-    sources: tuple[str, ...]  # job names (attntune-runs/<name>) or output folders or study.db files
-    top: int = 10
-
-
-@dataclass(frozen=True)
 class SearchJob:
     """A validated search job. ``base`` holds the fixed (non-searched) task/model/train settings."""
 
@@ -337,32 +316,6 @@ class SearchJob:
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def read_yaml(path: str | Path) -> Any:
-    """``yaml.safe_load`` a file; any problem becomes one ConfigError line naming file and line."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: {file_not_found(p)}")
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a folder, expected a YAML file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    return parse_yaml_text(text, str(p)), text
-
-
-def parse_yaml_text(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        if "python/" in str(e) or "could not determine a constructor" in str(e):
-            problem = f"unsafe or unknown YAML tag ({problem}); attntune loads YAML with safe_load only"
-        raise ConfigError(f"{source}:{where} malformed YAML: {problem}") from None
-
-
 def load_job(path: str | Path, **overrides: Any) -> SearchJob:
     data, text = read_yaml(path)
     return parse_job(data, text=text, source=str(path), **overrides)
@@ -408,9 +361,12 @@ def parse_job(
     except ConfigError as e:
         problems.extend(e.problems)
     problems.extend(_compatibility(plan, space, raw.budget, metric, objectives))
-    baseline, note = (None, "") if space is None else _baseline(raw, plan.strategy, space, base, source, problems)
-    warm = _warm_start(raw.warm_start, plan.strategy, problems)
-    width = _transfer(raw.transfer, base, space, problems)
+    baseline, note = None, ""
+    if space is not None:
+        n_trials = raw.budget.n_trials
+        baseline, note = parse_baseline(raw.baseline, n_trials, plan.strategy, space, base, source, problems)
+    warm = parse_warm_start(raw.warm_start, plan.strategy, problems)
+    width = parse_transfer(raw.transfer, base, space, problems)
     if problems:
         raise ConfigError(problems, source)
     assert space is not None and mode is not None
@@ -481,114 +437,6 @@ def _objectives(
             f"(known metrics: {', '.join(METRIC_MODES)})"
         )
     return raw, metric, mode, objectives
-
-
-def _baseline(
-    raw: _JobFile, strategy: str, space: Space, base: RunConfig, source: str, problems: list[str]
-) -> tuple[Baseline | None, str]:
-    """The job's baseline and, when the default one is left out, why. ``baseline:`` is
-    ``default`` (the job's own model and train settings over attntune's defaults), ``none``, a
-    ``train`` config file (its model and train sections), or a mapping of parameters (space
-    names or config keys) over the default, with an optional ``repeats`` (default: 2 from 8
-    trials on, else 1)."""
-    spec = raw.baseline
-    if spec in (None, False, "none", "off"):
-        return None, ""
-    explicit = spec != "default"
-    if strategy == "grid":
-        if explicit:
-            problems.append("baseline: strategy grid trains every point of its grid already; remove baseline")
-        return None, "strategy grid trains every point of its grid"
-    repeats = 2 if raw.budget.n_trials >= 8 else 1
-    cfg, label = base, "default"
-    try:
-        if isinstance(spec, str) and spec != "default":
-            cfg, label = _baseline_file(spec, base, source), spec
-        elif isinstance(spec, dict):
-            settings = dict(spec)
-            repeats = settings.pop("repeats", repeats)
-            if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-                raise ConfigError(f"baseline.repeats: must be a whole number >= 1, got {repeats!r}")
-            cfg, label = apply_overrides(base, expand(settings, base)), "job file"
-        elif spec != "default":
-            raise ConfigError(f"baseline: expected default, none, a train config file or a mapping, got {spec!r}")
-    except ConfigError as e:
-        problems.extend(p if p.startswith("baseline") else f"baseline: {p}" for p in e.problems)
-        return None, ""
-    values, outside = project(space, cfg)
-    if outside:
-        if explicit:
-            problems.extend(f"baseline: {p}" for p in outside)
-            return None, ""
-        return None, f"the default config is outside the space ({'; '.join(outside)})"
-    return Baseline(values, repeats, label), ""
-
-
-def _warm_start(spec: Any, strategy: str, problems: list[str]) -> WarmStart | None:
-    """``warm_start: {from: [names or folders], top: N}`` (``from`` may be one string)."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict) or "from" not in spec or set(spec) - {"from", "top"}:
-        problems.append("warm_start: expected {from: [earlier searches], top: N}")
-        return None
-    sources = [spec["from"]] if isinstance(spec["from"], str) else spec["from"]
-    top = spec.get("top", 10)
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
-        problems.append(f"warm_start.from: expected a search name or folder, or a list of them, got {spec['from']!r}")
-        return None
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        problems.append(f"warm_start.top: must be a whole number >= 1, got {top!r}")
-        return None
-    if strategy == "grid":
-        problems.append("warm_start: strategy grid would skip the earlier trials' points; use tpe, gp, cmaes or nsga2")
-        return None
-    return WarmStart(tuple(sources), top)
-
-
-def _transfer(spec: Any, base: RunConfig, space: Space | None, problems: list[str]) -> int | None:
-    """``transfer: {model.d_model: N}``: the search tunes at the job's width (the proxy), and
-    ``attntune export`` writes the config at width N with the tuned hyperparameters, which only
-    muP makes transfer (docs/search-job.md)."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict) or set(spec) != {"model.d_model"}:
-        problems.append("transfer: expected {model.d_model: TARGET_WIDTH} (only width transfer is offered)")
-        return None
-    width = spec["model.d_model"]
-    m = base.model
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        problems.append(f"transfer.model.d_model: must be a whole number > 0, got {width!r}")
-    elif m.family != "transformer" or m.parameterization != "mup":
-        problems.append(
-            "transfer: needs model.parameterization: mup on the transformer (a learning rate tuned under "
-            f"standard parameterisation does not transfer across widths), got family={m.family!r}, "
-            f"parameterization={m.parameterization!r}"
-        )
-    elif width % m.n_heads:
-        problems.append(f"transfer.model.d_model: {width} is not a multiple of model.n_heads={m.n_heads}")
-    elif space is not None and {"model.d_model", "model.head_dim", "model.n_heads", "model.family"} & set(space.names()):
-        problems.append(
-            "transfer: the search tunes at one proxy width: do not search model.d_model, model.head_dim, "
-            "model.n_heads or model.family (set them in the job's model section)"
-        )
-    else:
-        return width
-    return None
-
-
-def _baseline_file(path: str, base: RunConfig, source: str) -> RunConfig:
-    """``base`` with the model and train sections of a train config file (``attntune export``'s
-    schema; its epochs are the search's to set). Looked up in the current folder, then beside
-    the job file."""
-    p = Path(path)
-    if not p.exists() and source and (Path(source).parent / p).exists():
-        p = Path(source).parent / p
-    data, _ = read_yaml(p)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a train config (task, model, train sections)")
-    train = {k: v for k, v in (data.get("train") or {}).items() if k != "epochs"}
-    model = data.get("model") or {}
-    return apply_overrides(base, {**{f"model.{k}": v for k, v in model.items()}, **{f"train.{k}": v for k, v in train.items()}})
 
 
 def _base_config(raw: _JobFile, data: dict[str, Any], problems: list[str]) -> RunConfig:

@@ -249,12 +249,37 @@ def run_train(
     if output is not None:
         output_folder(output, config)  # refuse before loading data
     data = load_task(run.task, base_dir=config.parent)
+    run, budget = _with_budget(run, config, epochs, max_tokens, time_limit_s)
+    budget_info = {"max_tokens": max_tokens, "time_limit_s": time_limit_s, "open_ended": budget.open_ended}
+    console = Console(highlight=False, soft_wrap=True)
+    _print_plan(console, run, data, budget)
+    # Checks the store first (exit 2 before any training); the run ends FAILED if training raises.
+    tracking = TrainingRun(run, data, tracking_uri, config_path=config, budget=budget_info) if track else None
+    out, note = output_folder(output, config)
+    if note:
+        console.print(note)
+    printer = _EpochPrinter(
+        out, None if budget.open_ended else run.train.epochs, console, max_tokens=max_tokens,
+        time_limit_s=time_limit_s, model=run.model,
+    )  # fmt: skip
+    provenance = dict(run.provenance or {})
+    if max_tokens is not None or time_limit_s is not None:
+        provenance["budget"] = {k: v for k, v in budget_info.items() if v}
+    result = _train_tracked(
+        run, data, budget, printer, tracking, out=out, provenance=provenance or None, register_as=register_as,
+        console=console, config=config,
+    )  # fmt: skip
+    _print_done(console, result, out, time_limit)
+    return out
+
+
+def _with_budget(
+    run: RunConfig, config: Path, epochs: int | None, max_tokens: int | None, time_limit_s: float | None
+) -> tuple[RunConfig, Any]:
+    """The run's recipe under ``--max-tokens`` (rounds of tokens) and its ``RunBudget``."""
     from attntune.model.train import (  # torch: only once the input is known good
-        DivergedError,
         RunBudget,
-        schedule_steps,
         token_budget_recipe,
-        train,
     )
 
     if max_tokens is not None:
@@ -263,28 +288,39 @@ def run_train(
         except ConfigError as e:
             raise e.with_source(str(config)) from None
     open_ended = time_limit_s is not None and max_tokens is None and epochs is None
-    budget = RunBudget(max_tokens=max_tokens, time_limit_s=time_limit_s, open_ended=open_ended)
-    budget_info = {"max_tokens": max_tokens, "time_limit_s": time_limit_s, "open_ended": open_ended}
-    console = Console(highlight=False, soft_wrap=True)
+    return run, RunBudget(max_tokens=max_tokens, time_limit_s=time_limit_s, open_ended=open_ended)
+
+
+def _print_plan(console: Any, run: RunConfig, data: Any, budget: Any) -> None:
+    """The task's data and, under a budget, what the budget means for this run."""
+    from attntune.model.train import schedule_steps  # torch: loaded already (_with_budget)
+
     console.print(
         f"task {run.task.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test pairs, "
         f"vocab {data.src_vocab_size:,} -> {data.tgt_vocab_size:,}"
         + (f"  [{data.attribution}]" if data.attribution else "")
     )
-    if max_tokens is not None or time_limit_s is not None:
+    if budget.max_tokens is not None or budget.time_limit_s is not None:
         console.print(_budget_line(run, budget, schedule_steps(run.train, data, budget)))
-    # Checks the store first (exit 2 before any training); the run ends FAILED if training raises.
-    tracking = TrainingRun(run, data, tracking_uri, config_path=config, budget=budget_info) if track else None
-    out, note = output_folder(output, config)
-    if note:
-        console.print(note)
-    printer = _EpochPrinter(
-        out, None if open_ended else run.train.epochs, console, max_tokens=max_tokens, time_limit_s=time_limit_s,
-        model=run.model,
-    )
-    provenance = dict(run.provenance or {})
-    if max_tokens is not None or time_limit_s is not None:
-        provenance["budget"] = {k: v for k, v in budget_info.items() if v}
+
+
+def _train_tracked(
+    run: RunConfig,
+    data: Any,
+    budget: Any,
+    printer: _EpochPrinter,
+    tracking: TrainingRun | None,
+    *,
+    out: Path,
+    provenance: dict[str, Any] | None,
+    register_as: str | None,
+    console: Any,
+    config: Path,
+) -> Any:
+    """Train, logging to ``tracking`` (when on) and registering the model as ``register_as``; a
+    diverged run ends the command with exit code 1."""
+    from attntune.model.train import DivergedError, train  # torch: loaded already (_with_budget)
+
     try:
         with tracking or nullcontext() as tr:
             result = train(
@@ -294,7 +330,7 @@ def run_train(
                 tr.reporter(printer) if tr else printer,
                 checkpoint_dir=out,
                 resume=False,
-                provenance=provenance or None,
+                provenance=provenance,
                 budget=budget,
             )
             if tr:
@@ -308,6 +344,11 @@ def run_train(
         import typer
 
         raise typer.Exit(1) from None
+    return result
+
+
+def _print_done(console: Any, result: Any, out: Path, time_limit: str | None) -> None:
+    """The run's last metrics and where its checkpoint and metrics.csv are."""
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {last[k]:.4g}" for k in ("val_loss", "val_accuracy", "val_bleu") if k in last)
     tokens = f", {int(last['tokens']):,} tokens" if "tokens" in last else ""
@@ -318,7 +359,6 @@ def run_train(
     console.print(f"done: {epochs_run}{stop}{tokens}{'; ' + summary if summary else ''}")
     console.print(f"checkpoint: {out}")
     console.print(f"metrics:    {out / 'metrics.csv'}")
-    return out
 
 
 def _budget_line(run: RunConfig, budget: Any, steps: int | None) -> str:

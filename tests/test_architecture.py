@@ -24,6 +24,9 @@ PACKAGES = {"model": "attntune.model", "spaces": "attntune.spaces", "search": "a
 # use a command. Everything else in attntune.search is the search core.
 COMMANDS = {
     "attntune.search.cli",
+    "attntune.search.cli_base",
+    "attntune.search.cli_model",
+    "attntune.search.cli_jobs",
     "attntune.search.run",
     "attntune.search.export",
     "attntune.search.submit",
