@@ -8,6 +8,7 @@ model/train settings, the space (job-file form) and the data licence.
 
     python benchmarks/record_curves.py --grid numbers            # built-in task, 64 configs x 8 epochs
     python benchmarks/record_curves.py --grid tatoeba            # Tatoeba zh->en subset, 16 configs x 8 epochs
+    python benchmarks/record_curves.py --grid tatoeba-sizes      # Tatoeba zh->en, 96 configs, 6 sizes x 9 epochs
 
 An interrupted recording resumes: configurations already in the output file are kept.
 Tatoeba-derived curves carry the data's attribution (CC-BY 2.0 FR, tatoeba.org via manythings.org/anki).
@@ -86,6 +87,43 @@ GRIDS: dict[str, dict[str, Any]] = {
         "space": {
             "params": {
                 "model.n_layers": {"type": "int", "low": 1, "high": 2},
+                "train.lr": {"choices": [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]},
+                "train.warmup_steps": {"type": "int", "low": 0, "high": 50, "step": 50},
+            }
+        },
+    },
+    # Issue 15: a table that can separate strategies on the showcase task. 96 configurations over
+    # six model sizes; 9 epochs of 30 steps, so with min_epochs 1 and reduction factor 3 the rungs
+    # fall at epochs 1, 3 and 9 and a 50-step warm-up (over by epoch 2) ends before the second.
+    "tatoeba-sizes": {
+        "file": "curves_tatoeba_sizes.csv",
+        "task": {
+            "name": "tsv",
+            "path": TATOEBA_REL,
+            "src_col": 1,
+            "tgt_col": 0,
+            "src_tokenizer": "char",
+            "tgt_tokenizer": "char",
+            "max_pairs": 6000,
+            "val_size": 200,
+            "test_size": 50,
+            "license": "CC-BY 2.0 FR",
+            "attribution": TATOEBA_ATTRIBUTION,
+        },
+        "model": {"n_heads": 4, "d_ff": 256},
+        "train": {
+            "batch_size": 32,
+            "max_steps_per_epoch": 30,
+            "bleu_samples": 16,
+            "epochs": 9,
+            "device": "cpu",
+            "num_threads": 1,
+        },
+        "space": {
+            "params": {
+                "model.d_model": {"choices": [32, 64, 128]},
+                "model.n_layers": {"type": "int", "low": 1, "high": 2},
+                "model.dropout": {"choices": [0.0, 0.1]},
                 "train.lr": {"choices": [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]},
                 "train.warmup_steps": {"type": "int", "low": 0, "high": 50, "step": 50},
             }
