@@ -329,7 +329,7 @@ class Driver:
         attrs: dict[str, Any] = {ATTR_RUN: run_id, "n_params": count, "head_dim": cfg.model.head_dim}
         if self.job.uses("flops"):
             attrs["flops"] = self.feasibility.statics(cfg, count)["flops"]
-        attrs.update(config=flat_config(cfg), attempts=1, start_time=time.time())
+        attrs.update(config=flat_config(cfg), start_time=time.time())  # attempts: 1 unless recorded
         with self.clock("optuna"):
             self.store.set_trial_attrs(trial, attrs)
         rt = RunningTrial(trial.number, trial, trial_id, values, cfg, count, run_id, baseline=baseline)
@@ -373,7 +373,9 @@ class Driver:
         self.book.worker_info(rt.run_id, tags)
         # What the worker built, so anyone can check the sample reached the trainer.
         built = {k: info[k] for k in ("n_heads", "head_dim", "n_encoder_layers", "n_decoder_layers", "n_params") if k in info}
-        attrs = {**tags, "built": built}
+        # One attribute for where it ran: each Optuna attribute is one storage write (the driver's
+        # largest cost per trial at 1,000 trials, docs/BENCHMARKS.md "scale").
+        attrs: dict[str, Any] = {"placement": tags, "built": built}
         if began is not None and rt.attempt == 1:
             attrs["start_time"] = began
         self.store.set_trial_attrs(rt.trial, attrs)

@@ -73,6 +73,7 @@ def results_table(study: Any) -> pd.DataFrame:
     front = set(pareto_numbers(study)) if multi else set()
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
+        placement = a.get("placement", a)  # top-level keys in studies written before it existed
         value = t.values[0] if t.values else None
         row = {
             "number": t.number,
@@ -88,9 +89,9 @@ def results_table(study: Any) -> pd.DataFrame:
             "failure_kind": a.get("failure_kind") or ("infeasible" if a.get("attntune_state") == TrialState.INFEASIBLE else None),
             "failure": a.get("failure"),
             "run_id": a.get("mlflow_run_id"),
-            "host": a.get("host"),
-            "device": a.get("device"),
-            "cuda_visible_devices": a.get("cuda_visible_devices"),
+            "host": placement.get("host"),
+            "device": placement.get("device"),
+            "cuda_visible_devices": placement.get("cuda_visible_devices"),
             "start_time": a.get("start_time"),
             "end_time": a.get("end_time"),
         }

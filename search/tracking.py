@@ -1,10 +1,12 @@
 """The one object that writes to MLflow, from the search driver, with explicit run ids.
 
 Why: parallel trials that each open their own MLflow run fight over the active-run state and the
-SQLite file ("Run already active", "database is locked"), and per-value ``log_metric`` calls cost
-~6 ms each on SQLite. Here a single writer thread owns every MLflow call; metrics are coalesced
-into ``log_batch`` calls within MLflow's limits (1000 metrics, 100 params, 100 tags per call); a
-locked database is retried with back-off. Trial code never touches MLflow.
+SQLite file ("Run already active", "database is locked"), and every MLflow call pays a fixed cost
+(a run lookup, checks and a commit) whatever it carries. Here a single writer thread owns every
+MLflow call; a run's metrics, params and tags are coalesced into one ``log_batch`` call per run
+within MLflow's limits (1000 metrics, 100 params, 100 tags per call), written before any other call
+so the order of writes is kept; a locked database is retried with back-off. Trial code never
+touches MLflow.
 """
 
 from __future__ import annotations
@@ -137,6 +139,28 @@ def _is_locked(e: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text or isinstance(e, sqlite3.OperationalError) and "locked" in text
 
 
+class _Pending:
+    """What one run's next ``log_batch`` carries."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[str, float, int, int]] = []
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+
+    def add(self, kind: str, items: Any) -> None:
+        if kind == "metrics":
+            self.metrics.extend(items)
+        else:
+            getattr(self, kind).update(items)
+
+    def changes_a_param(self, kind: str, items: Any) -> bool:
+        return kind == "params" and any(self.params.get(k, v) != v for k, v in items.items())
+
+    @property
+    def size(self) -> int:
+        return len(self.metrics) + len(self.params) + len(self.tags)
+
+
 class Tracker:
     """Buffered, single-writer MLflow access with explicit run ids (thread-safe)."""
 
@@ -145,7 +169,7 @@ class Tracker:
             check_tracking_uri(uri)
         self.uri = uri
         self._q: queue.Queue[tuple[str, Any, Future | None]] = queue.Queue()
-        self._buffer: dict[str, list[Any]] = {}
+        self._buffer: dict[str, _Pending] = {}  # per run: what the next log_batch carries
         self._errors: list[str] = []
         self._client = None
         self._thread = threading.Thread(target=self._loop, name="attntune-tracker", daemon=True)
@@ -181,10 +205,12 @@ class Tracker:
             except queue.Empty:
                 self._flush_safe()
                 continue
-            if op == "metrics":
-                run_id, metrics = arg
-                self._buffer.setdefault(run_id, []).extend(metrics)
-                if sum(len(v) for v in self._buffer.values()) >= MAX_METRICS_PER_BATCH:
+            if op == "buffer":
+                run_id, kind, items = arg
+                if self._buffer.get(run_id, _Pending()).changes_a_param(kind, items):
+                    self._flush_safe()  # MLflow judges a changed param (refused: params are immutable)
+                self._buffer.setdefault(run_id, _Pending()).add(kind, items)
+                if sum(p.size for p in self._buffer.values()) >= MAX_METRICS_PER_BATCH:
                     self._flush_safe()
                 continue
             self._flush_safe()
@@ -209,13 +235,23 @@ class Tracker:
             self._errors.append(f"log_batch failed: {type(e).__name__}: {e}")
 
     def _flush(self) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, Param, RunTag
 
         while self._buffer:
-            run_id, items = self._buffer.popitem()
-            for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-                chunk = [Metric(k, v, ts, step) for (k, v, ts, step) in items[i : i + MAX_METRICS_PER_BATCH]]
-                self._retry(lambda chunk=chunk, run_id=run_id: self.client.log_batch(run_id, metrics=chunk))
+            run_id, p = self._buffer.popitem()
+            metrics = [Metric(k, v, ts, step) for (k, v, ts, step) in p.metrics]
+            params = [Param(k, v) for k, v in p.params.items()]
+            tags = [RunTag(k, v) for k, v in p.tags.items()]
+            per_call = MAX_METRICS_PER_BATCH - MAX_PARAMS_PER_BATCH - MAX_TAGS_PER_BATCH  # 1000 in all
+            for i in range(0, max(len(metrics), 1), per_call):
+                for j in range(0, max(len(params), len(tags), 1), MAX_PARAMS_PER_BATCH):
+                    batch = {
+                        "metrics": metrics[i : i + per_call] if j == 0 else [],
+                        "params": params[j : j + MAX_PARAMS_PER_BATCH] if i == 0 else [],
+                        "tags": tags[j : j + MAX_TAGS_PER_BATCH] if i == 0 else [],
+                    }
+                    if any(batch.values()):
+                        self._retry(lambda rid=run_id, b=batch: self.client.log_batch(rid, **b))
 
     def _submit(self, fn: Callable[[], Any], wait: bool = False) -> Any:
         if self._closed:
@@ -299,20 +335,20 @@ class Tracker:
         return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any], wait: bool = False) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(str(k), _param_str(v)) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            chunk = items[i : i + MAX_PARAMS_PER_BATCH]
-            self.call(lambda c, chunk=chunk: c.log_batch(run_id, params=chunk), wait=wait)
+        """Queue params; they go out with the run's next batch (``wait``: before returning)."""
+        self._buffered(run_id, "params", {str(k): _param_str(v) for k, v in params.items()}, wait)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any], wait: bool = False) -> None:
-        from mlflow.entities import RunTag
+        """Queue tags (a later value of a key wins); they go out with the run's next batch."""
+        self._buffered(run_id, "tags", {str(k): str(v) for k, v in tags.items()}, wait)
 
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), MAX_TAGS_PER_BATCH):
-            chunk = items[i : i + MAX_TAGS_PER_BATCH]
-            self.call(lambda c, chunk=chunk: c.log_batch(run_id, tags=chunk), wait=wait)
+    def _buffered(self, run_id: str, kind: str, items: Any, wait: bool) -> None:
+        if self._closed:
+            raise RuntimeError("tracker is closed")
+        if items:
+            self._q.put(("buffer", (run_id, kind, items), None))
+        if wait:
+            self.flush()
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None) -> None:
         """Queue metrics (coalesced into log_batch calls); non-numeric values are dropped."""
@@ -324,7 +360,7 @@ class Tracker:
             except (TypeError, ValueError):
                 continue
         if items:
-            self._q.put(("metrics", (run_id, items), None))
+            self._q.put(("buffer", (run_id, "metrics", items), None))
 
     def end_run(self, run_id: str, status: str = "FINISHED", wait: bool = False) -> None:
         end = int(time.time() * 1000)

@@ -83,7 +83,7 @@ def test_optuna_backend_pins_workers_to_device_slots(tmp_path: Path, mlflow_temp
     t = result.table
     from attntune.search.study_store import load_study
 
-    workers = {tr.number: tr.user_attrs.get("worker") for tr in load_study(tmp_path / "out").trials}
+    workers = {tr.number: tr.user_attrs["placement"].get("worker") for tr in load_study(tmp_path / "out").trials}
     t["worker"] = t["number"].map(workers)
     assert len(t) == 6 and set(t["state"]) == {"COMPLETE"}
     assert set(t["cuda_visible_devices"]) == {"0", "1"}  # spread over both devices

@@ -151,7 +151,7 @@ def test_cli_pins_each_worker_to_one_device_and_shows_results(workdir: Path, mlf
     shutil.copy(out / "study.db", alone / "study.db")
     assert len(load_study(alone).trials) == 4
     study = load_study(out)
-    seen = {t.user_attrs["cuda_visible_devices"] for t in study.trials}
+    seen = {t.user_attrs["placement"]["cuda_visible_devices"] for t in study.trials}
     assert seen == {"0", "1"}, seen  # each trial saw one id, never "0,1"
 
     proc = attntune_cli("results", "pin", "--sort", "n_params", "--csv", "--columns", "number,n_params,state", cwd=workdir)
