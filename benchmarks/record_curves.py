@@ -34,6 +34,23 @@ TATOEBA_REL = "../shared/data/tatoeba-cmn-eng/cmn.txt"
 TATOEBA_ATTRIBUTION = "Tatoeba (tatoeba.org), CC-BY 2.0 FR, via manythings.org/anki"
 METRICS = ("train_loss", "val_loss", "val_accuracy", "val_bleu", "lr", "tokens_per_s", "seconds")
 
+def tatoeba_task(max_pairs: int, val_size: int) -> dict[str, Any]:
+    """The Tatoeba zh->en task section (character tokenizers) of a grid, with its licence."""
+    return {
+        "name": "tsv",
+        "path": TATOEBA_REL,
+        "src_col": 1,
+        "tgt_col": 0,
+        "src_tokenizer": "char",
+        "tgt_tokenizer": "char",
+        "max_pairs": max_pairs,
+        "val_size": val_size,
+        "test_size": 50,
+        "license": "CC-BY 2.0 FR",
+        "attribution": TATOEBA_ATTRIBUTION,
+    }
+
+
 # Each grid: a job-file task section, fixed model/train settings, and a space whose every parameter
 # is enumerable, so the recorded table is exactly the space's cartesian product.
 GRIDS: dict[str, dict[str, Any]] = {
@@ -61,19 +78,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
     "tatoeba": {
         "file": "curves_tatoeba.csv",
-        "task": {
-            "name": "tsv",
-            "path": TATOEBA_REL,
-            "src_col": 1,
-            "tgt_col": 0,
-            "src_tokenizer": "char",
-            "tgt_tokenizer": "char",
-            "max_pairs": 3000,
-            "val_size": 150,
-            "test_size": 50,
-            "license": "CC-BY 2.0 FR",
-            "attribution": TATOEBA_ATTRIBUTION,
-        },
+        "task": tatoeba_task(max_pairs=3000, val_size=150),
         # 16 configs (not 64): a Tatoeba epoch costs ~2x a `numbers` epoch on the shared CPU box.
         "model": {"d_model": 64, "n_heads": 4, "d_ff": 128, "dropout": 0.0},
         "train": {
@@ -97,19 +102,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     # fall at epochs 1, 3 and 9 and a 50-step warm-up (over by epoch 2) ends before the second.
     "tatoeba-sizes": {
         "file": "curves_tatoeba_sizes.csv",
-        "task": {
-            "name": "tsv",
-            "path": TATOEBA_REL,
-            "src_col": 1,
-            "tgt_col": 0,
-            "src_tokenizer": "char",
-            "tgt_tokenizer": "char",
-            "max_pairs": 6000,
-            "val_size": 200,
-            "test_size": 50,
-            "license": "CC-BY 2.0 FR",
-            "attribution": TATOEBA_ATTRIBUTION,
-        },
+        "task": tatoeba_task(max_pairs=6000, val_size=200),
         "model": {"n_heads": 4, "d_ff": 256},
         "train": {
             "batch_size": 32,
