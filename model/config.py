@@ -43,6 +43,15 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
     "rnn": (*_SHARED_FIELDS, "rnn_cell", "hidden", "bidirectional", "attention"),
     "mlp": (*_SHARED_FIELDS, "d_ff", "token_mixing_dim"),
 }
+
+
+def fields_read(family: str, parameterization: str = "standard") -> tuple[str, ...]:
+    """The model fields a config of ``family`` reads: what records show (MLflow params, the best
+    config a search prints), so a Transformer's run never lists an RNN setting that changed nothing."""
+    used = FAMILY_FIELDS.get(family, tuple(FAMILY_FIELDS["transformer"]))
+    return used if parameterization == "mup" else tuple(f for f in used if f not in MUP_FIELDS[1:])
+
+
 _CHOICES = {
     "family": tuple(FAMILY_FIELDS),
     "rnn_cell": ("gru", "lstm"),

@@ -54,3 +54,11 @@ def test_a_family_search_trains_all_three_families(backend: str, tmp_path: Path,
     names = {r.data.params["model.family"]: r.info.run_name for r in runs}
     assert names["rnn"].split()[1].startswith("rnn-") and names["mlp"].split()[1] == "mlp"
     assert names["transformer"].split()[1].startswith("d")  # a transformer's name is as before
+    # A run lists the settings its family reads, never another family's (they changed nothing).
+    for r in runs:
+        shown = {k.split(".", 1)[1] for k in r.data.params if k.startswith("model.")}
+        family = r.data.params["model.family"]
+        others = {"transformer": {"rnn_cell", "token_mixing_dim", "mup_base_d_model"}, "rnn": {"n_heads", "d_ff", "token_mixing_dim"},
+                  "mlp": {"n_heads", "rnn_cell", "hidden"}}[family]  # fmt: skip
+        assert not shown & others, (family, sorted(shown & others))
+        assert {"d_model", "n_encoder_layers", "dropout"} <= shown
