@@ -48,8 +48,14 @@ FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
 def fields_read(family: str, parameterization: str = "standard") -> tuple[str, ...]:
     """The model fields a config of ``family`` reads: what records show (MLflow params, the best
     config a search prints), so a Transformer's run never lists an RNN setting that changed nothing."""
-    used = FAMILY_FIELDS.get(family, tuple(FAMILY_FIELDS["transformer"]))
+    used = FAMILY_FIELDS.get(family, FAMILY_FIELDS["transformer"])
     return used if parameterization == "mup" else tuple(f for f in used if f not in MUP_FIELDS[1:])
+
+
+def fields_unread(family: str, parameterization: str = "standard") -> set[str]:
+    """The model fields of other families (and ``mup_*`` under standard): left out of records."""
+    every = {f for fields in FAMILY_FIELDS.values() for f in fields}
+    return every - set(fields_read(family, parameterization))
 
 
 _CHOICES = {

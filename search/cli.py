@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attntune.model.config import FAMILY_FIELDS, ConfigError, ModelConfig, TrainConfig, fields_read
+from attntune.model.config import ConfigError, ModelConfig, TrainConfig, fields_unread
 from attntune.search import cli_jobs, cli_model  # noqa: F401 - register train, translate (first) and jobs
 from attntune.search.cli_base import (
     AddressOpt,
@@ -87,8 +87,7 @@ def _print_best(result: Any) -> None:
     b = result.best
     console.print(f"best: trial {int(b['number'])} {job.metric}={float(b['value']):.4g}")
     _print_gain(console, job, t)
-    read = fields_read(str(b.get("model.family", "transformer")), str(b.get("model.parameterization", "standard")))
-    unread = {f"model.{f}" for fields in FAMILY_FIELDS.values() for f in fields if f not in read}
+    unread = {f"model.{f}" for f in fields_unread(str(b.get("model.family", "transformer")), str(b.get("model.parameterization", "standard")))}
     keys = [c for c in t.columns if c.startswith(("model.", "train.")) and c not in unread]
     ints = _int_fields()
     for k in keys:

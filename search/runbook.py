@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from attntune.model.config import FAMILY_FIELDS, RunConfig, fields_read, to_dict
+from attntune.model.config import RunConfig, fields_unread, to_dict
 from attntune.search.faults import driver_fault
 from attntune.search.job import SearchJob
 from attntune.search.outcome import Settled, TrialState
@@ -177,9 +177,7 @@ class Runbook:
 
     @staticmethod
     def _params(values: Mapping[str, Any], cfg: RunConfig, count: int) -> dict[str, Any]:
-        unread = set(FAMILY_FIELDS["transformer"] + FAMILY_FIELDS["rnn"] + FAMILY_FIELDS["mlp"]) - set(
-            fields_read(cfg.model.family, cfg.model.parameterization)
-        )  # fields the family does not read keep their defaults: not worth a param each
+        unread = fields_unread(cfg.model.family, cfg.model.parameterization)  # at their defaults: no param each
         params = {k: v for k, v in flat_config(cfg).items() if v is not None and k.removeprefix("model.") not in unread}
         params.update(values)  # pseudo-parameters (head_dim, d_ff_ratio, n_layers) as sampled
         params["n_params"] = count

@@ -242,16 +242,16 @@ class Tracker:
             metrics = [Metric(k, v, ts, step) for (k, v, ts, step) in p.metrics]
             params = [Param(k, v) for k, v in p.params.items()]
             tags = [RunTag(k, v) for k, v in p.tags.items()]
-            per_call = MAX_METRICS_PER_BATCH - MAX_PARAMS_PER_BATCH - MAX_TAGS_PER_BATCH  # 1000 in all
-            for i in range(0, max(len(metrics), 1), per_call):
-                for j in range(0, max(len(params), len(tags), 1), MAX_PARAMS_PER_BATCH):
-                    batch = {
-                        "metrics": metrics[i : i + per_call] if j == 0 else [],
-                        "params": params[j : j + MAX_PARAMS_PER_BATCH] if i == 0 else [],
-                        "tags": tags[j : j + MAX_TAGS_PER_BATCH] if i == 0 else [],
-                    }
-                    if any(batch.values()):
-                        self._retry(lambda rid=run_id, b=batch: self.client.log_batch(rid, **b))
+            # Each call within MLflow's limits: 800 metrics + 100 params + 100 tags = 1000 values.
+            per_call = MAX_METRICS_PER_BATCH - MAX_PARAMS_PER_BATCH - MAX_TAGS_PER_BATCH
+            calls = max(-(-len(metrics) // per_call), -(-len(params) // MAX_PARAMS_PER_BATCH), -(-len(tags) // MAX_TAGS_PER_BATCH))
+            for k in range(calls):
+                batch = {
+                    "metrics": metrics[k * per_call : (k + 1) * per_call],
+                    "params": params[k * MAX_PARAMS_PER_BATCH : (k + 1) * MAX_PARAMS_PER_BATCH],
+                    "tags": tags[k * MAX_TAGS_PER_BATCH : (k + 1) * MAX_TAGS_PER_BATCH],
+                }
+                self._retry(lambda rid=run_id, b=batch: self.client.log_batch(rid, **b))
 
     def _submit(self, fn: Callable[[], Any], wait: bool = False) -> Any:
         if self._closed:
