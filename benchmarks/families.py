@@ -21,6 +21,9 @@ through the real ``attntune`` CLI as a subprocess:
    ``attntune train CONFIG --max-tokens N`` (exactly N tokens, in the config's 9 rounds; a trial
    trained 9 rounds of at least N/9 tokens each, at most 9 batches more), 2 threads, one run at a
    time. Its val_loss in the table is its last round's (the search's is a trial's best round's).
+   Beside them, the plain comparison: the ``default`` row is ``examples/train_tatoeba.yaml`` itself
+   (attntune's default Transformer, what a user trains without searching) at the same N tokens in
+   the same 9 rounds (``--max-tokens N --epochs 9``), with the same seeds.
 5. held-out BLEU: every checkpoint greedily translates the task's 1,000-pair test split; sacrebleu
    corpus BLEU (13a, lower-cased), as ``tatoeba_payoff.py`` does (``tatoeba_common.heldout_bleu``).
    Nothing but this step reads the test split, and the script checks that the job, every export and
@@ -125,6 +128,8 @@ SPACE, STRATEGY = "families-cpu", "tpe"
 ROUNDS = 9  # min_tokens = N / 9: each trial is evaluated (and reported) 9 times
 N_TRIALS = 100_000  # never reached: the time limit ends the search
 TPE_STARTUP = 10  # TPE's random trials at this n_trials: max(2, min(10, n_trials // 4))
+DEFAULT = "default"  # the production row of examples/train_tatoeba.yaml itself, at each budget
+DEFAULT_NAME = "examples/train_tatoeba.yaml (a Transformer, not searched)"
 SMOKE = {"max_pairs": 3000, "minutes": 3.0, "budgets": (60_000, 120_000), "seeds": 1}
 
 
@@ -405,16 +410,29 @@ def trained_tokens(run: Run) -> int:
 def produce(
     s: Settings, b: BudgetFolder, default: dict[str, Any], data: TaskData, families: list[str]
 ) -> list[Run]:
-    """Export, train (N tokens, each seed) and score on the held-out pairs each family's best trial."""
+    """Export, train (N tokens, each seed) and score on the held-out pairs each family's best trial,
+    then the default config (``DEFAULT``) at the same N tokens in the same 9 rounds."""
     runs = []
-    for family in families:
-        doc = export_family(b, default, family)
-        for seed, config in family_configs(s, b, family, doc):
-            run = train_run(b, family, seed, config, ["--max-tokens", str(b.tokens)])
+    exported = [(family, export_family(b, default, family), []) for family in families]
+    for name, doc, extra in [*exported, (DEFAULT, default, ["--epochs", str(ROUNDS)])]:
+        for seed, config in family_configs(s, b, name, doc):
+            run = train_run(b, name, seed, config, ["--max-tokens", str(b.tokens), *extra])
             heldout_bleu(run, data, default["task"])
             run.extra = {**run.extra, "tokens": trained_tokens(run), "model": doc["model"]}
             runs.append(run)
     return runs
+
+
+def production(runs: list[Run]) -> dict[str, Any] | None:
+    """The production runs of one config (every seed): held-out BLEU, val_loss, seconds, tokens."""
+    if not runs:
+        return None
+    return {
+        "bleu": spread([r.bleu for r in runs]),
+        "val_loss": spread([r.val_loss for r in runs]),
+        "train_s": spread([r.train_s for r in runs]),
+        "tokens": [r.extra["tokens"] for r in runs],
+    }
 
 
 def run_budget(s: Settings, tokens: int, default: dict[str, Any], data: TaskData) -> dict[str, Any]:
@@ -426,17 +444,7 @@ def run_budget(s: Settings, tokens: int, default: dict[str, Any], data: TaskData
     stats = family_stats(trials)
     runs = produce(s, b, default, data, [f for f in FAMILIES if stats[f]["complete"]])
     for family in FAMILIES:
-        mine = [r for r in runs if r.config == family]
-        stats[family]["production"] = (
-            {
-                "bleu": spread([r.bleu for r in mine]),
-                "val_loss": spread([r.val_loss for r in mine]),
-                "train_s": spread([r.train_s for r in mine]),
-                "tokens": [r.extra["tokens"] for r in mine],
-            }
-            if mine
-            else None
-        )
+        stats[family]["production"] = production([r for r in runs if r.config == family])
     scored = [f for f in FAMILIES if stats[f]["production"]]
     best = max(scored, key=lambda f: stats[f]["production"]["bleu"]["mean"], default=None)
     return {
@@ -444,6 +452,7 @@ def run_budget(s: Settings, tokens: int, default: dict[str, Any], data: TaskData
         "label": b.label,
         "search": search,
         "families": stats,
+        "default": production([r for r in runs if r.config == DEFAULT]),
         "convergence": convergence(trials),
         "best_family": best,
         "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(r).items()} for r in runs],
@@ -487,6 +496,14 @@ def print_budget(s: Settings, r: dict[str, Any]) -> None:
             f"{f:<12} {x['trials']:>6} {x['complete']:>8} {last:>10} {best:>16} "
             f"{fmt_params(x['best_n_params']):>7} {val:>13} {fmt_bleu(prod):>13} {minutes:>9}"
         )
+    prod = r.get("default")
+    if prod is not None:
+        print(
+            f"{'default':<12} {'-':>6} {'-':>8} {'-':>10} {'(not searched)':>16} "
+            f"{'-':>7} {prod['val_loss']['mean']:>13.4f} {fmt_bleu(prod):>13} "
+            f"{prod['train_s']['mean'] / 60:>9.1f}"
+        )
+        print(f"default: {DEFAULT_NAME}, trained at the same {r['label']} tokens in {ROUNDS} rounds")
     if conv["family"] is None:
         print("converged to: - (no trial sampled)")
     else:
@@ -523,9 +540,10 @@ def print_verdict(s: Settings, results: list[dict[str, Any]]) -> None:
         if family is None:
             parts.append(f"{r['label']}: none")
         else:
-            parts.append(
-                f"{r['label']}: {family} (BLEU {r['families'][family]['production']['bleu']['mean']:.2f})"
-            )
+            bleu = r["families"][family]["production"]["bleu"]["mean"]
+            prod = r.get("default")
+            vs = "" if prod is None else f"; the default Transformer {prod['bleu']['mean']:.2f}"
+            parts.append(f"{r['label']}: {family} (BLEU {bleu:.2f}{vs})")
     line = f"\nbest family per budget (held-out BLEU): {'; '.join(parts)}"
     if len(results) > 1:
         same = len({r["best_family"] for r in results}) == 1
