@@ -7,8 +7,9 @@
   over positions, masks multiplied in).
 
 Both models of a pair have the same parameter count (checked), embeddings, tied output projection,
-padded batches, AdamW and label-smoothed loss. Runs alternate (A, B, A, B, ...) in one process so
-drifting machine load hits both equally; the figure is the median of the rounds. Prints target
+padded batches, AdamW and label-smoothed loss. Runs alternate in one process, the order swapped
+every round (A B, B A, A B, ...), so drifting machine load hits both equally and neither model
+always runs right after the other's step; the figure is the median of the rounds. Prints target
 tokens per second for each and the ratio attntune / reference (target: >= 1.0).
 
     python benchmarks/family_speed.py --quick
@@ -163,9 +164,10 @@ def bench(label: str, cfg: ModelConfig, vocab: int, batch: int, length: int, ste
     for name, m in models.items():  # warm-up (allocator, kernels)
         run_steps(m, opts[name], batches[:2], args.device, args.bf16)
     rates: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, m in models.items():
-            secs, toks = run_steps(m, opts[name], batches, args.device, args.bf16)
+    names = list(models)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:  # A B, B A, ...: neither always runs first
+            secs, toks = run_steps(models[name], opts[name], batches, args.device, args.bf16)
             rates[name].append(toks / secs)
     a, r = statistics.median(rates["attntune"]), statistics.median(rates["reference"])
     print(f"{label}: batch={batch} len={length} vocab={vocab} steps={steps}x{rounds} params={counts['attntune']:,}")
