@@ -108,24 +108,23 @@ class Extrapolating(StopRule):
 
     def __init__(self, rungs: Sequence[int], horizon: int, exponents: Sequence[float]):
         self.rungs, self.horizon, self.exponents = list(rungs), horizon, tuple(exponents)
-        self.points: dict[int, list[tuple[int, float]]] = {}
-        self.judged: dict[int, int] = {}
-        self.settled: dict[int, list[float]] = {}
+        self.settled: dict[int, list[float]] = {r: [] for r in rungs}
+        self.points: list[tuple[int, float]] = []  # the running trial's reports (one trial at a time)
+        self.judged_through = 0
 
     def start(self, trial: Any, values: Mapping[str, Any]) -> None:
-        self.points[trial.number], self.judged[trial.number] = [], 0
+        self.points, self.judged_through = [], 0
 
     def value(self, trial: Any, epoch: int, value: float) -> None:
         trial.report(value, epoch)
-        self.points.setdefault(trial.number, []).append((epoch, value))  # a repeat has no start()
+        self.points.append((epoch, value))  # a repeat's too: never judged, reset by the next start()
 
     def stop(self, trial: Any, epoch: int, value: float) -> bool:
-        n = trial.number
-        due = moasha_due(self.rungs, self.judged[n], epoch)
-        self.judged[n] = epoch
-        mine = predict_final(self.points[n], self.horizon, self.exponents)
+        due = moasha_due(self.rungs, self.judged_through, epoch)
+        self.judged_through = epoch
+        mine = predict_final(self.points, self.horizon, self.exponents)
         for rung in due:
-            peers = self.settled.setdefault(rung, [])
+            peers = self.settled[rung]
             peers.append(mine)
             keep = max(len(peers) // REDUCTION_FACTOR - 1, 0)
             if mine > sorted(peers)[keep] + 1e-12:
