@@ -9,7 +9,8 @@ through the real ``attntune`` CLI as a subprocess:
    settings (the space's parameters override them), ``space`` families-cpu (transformer | rnn | mlp,
    each family's own parameters), ``strategy`` tpe, ``scheduler`` none, ``budget`` {max_tokens: N,
    min_tokens: N/9 (one round: 9 evaluated rounds per trial), time_limit: --minutes, n_trials:
-   100000 (time is the limit)}, ``baseline`` none, concurrency 2 (1 CPU each), its own MLflow store
+   100000 (time is the limit)}, ``baseline`` {repeats: 1} (the default Transformer, then each other
+   family's start: see below), concurrency 2 (1 CPU each), its own MLflow store
    (``mlflow.db`` in the budget's folder).
 2. per family: the trials it got (trained: not INFEASIBLE, not a repeat answered from an earlier
    trial) and how many ended COMPLETE, its best search val_loss, and its share of the last third of
@@ -39,9 +40,13 @@ families at smaller budgets, the very thing that may differ: a family that learn
 RNN, a warm-up-0 trial) would survive and a late starter would be pruned before it reached N. Every
 trial here trains the full N, so each family's best val_loss is measured at the budget it is named
 for, and every family with a trial has a COMPLETE one to export. The price: fewer trials in the
-time (``--scheduler asha`` runs the other choice). Why ``baseline: none``: the default baseline is
-outside the space (warmup 400 > 200) and would be left out anyway; an explicit one would hand the
-Transformer trials that the strategy did not choose.
+time (``--scheduler asha`` runs the other choice). Why a baseline with one repeat: in a space that
+searches ``model.family`` the baseline (the default Transformer) is followed by one start per other
+family (its own model defaults, the baseline's shared settings; search/job_sections.py), so every
+family is measured once at a sensible setting before TPE's random start-up draws families and then
+follows whichever one led early. Before the starts (2026-12-02) the Transformer got 1 trial of 9 at
+2M tokens. One repeat, not two: the noise estimate is not this benchmark's question, and each
+trial is some 10% of the search.
 
 Caveat, read before the convergence column: TPE samples at random until 10 trials have finished
 (``max(2, min(10, n_trials // 4))``, search/strategies.py), and a 30-minute search on 2 cores gets
@@ -258,7 +263,7 @@ def job_doc(s: Settings, b: BudgetFolder, default: dict[str, Any]) -> dict[str, 
         "space": SPACE,
         "strategy": STRATEGY,
         "scheduler": s.scheduler,
-        "baseline": "none",
+        "baseline": {"repeats": 1},
         "budget": {
             "n_trials": N_TRIALS,
             "time_limit": f"{s.minutes:g}m",

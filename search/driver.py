@@ -48,6 +48,7 @@ from attntune.search.outcome import (
 )
 from attntune.search.recovery import (
     ATTR_BASELINE,
+    ATTR_FAMILY_START,
     ATTR_PARENT,
     ATTR_RUN,
     ATTR_STATE,
@@ -200,6 +201,9 @@ class Driver:
         if self.job.baseline is not None:  # then the reference every trial is compared with
             for k in range(self.job.baseline.repeats):
                 self.store.enqueue(self.job.baseline.values, {ATTR_BASELINE: k})
+            for family, values in self.job.baseline.family_starts:  # every family measured once
+                self.store.enqueue(values, {ATTR_FAMILY_START: family})
+            self.notes.extend(self.job.baseline.family_notes)
         started_at = float(self.store.attrs.get("started_at", self.started))
         parent = self.book.start_parent(fingerprint, adopt=self.resume, started_at=started_at)
         self.store.set_attr(ATTR_PARENT, parent)
@@ -267,7 +271,8 @@ class Driver:
         twin = self.repeats.original(cfg)
         if twin is None:
             self.repeats.streak = 0
-            rt = self.start(trial, trial_id, values, cfg, count, run_id, baseline=baseline)
+            start = trial.user_attrs.get(ATTR_FAMILY_START)
+            rt = self.start(trial, trial_id, values, cfg, count, run_id, baseline=baseline, family_start=start)
             self.repeats.started(rt.number, cfg)
             return rt, None
         self.repeats.streak += 1
@@ -321,10 +326,12 @@ class Driver:
         return cfg, count, self.feasibility.problem(cfg, count)
 
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
-              run_id: str | None = None, baseline: int | None = None) -> RunningTrial:  # fmt: skip
+              run_id: str | None = None, baseline: int | None = None, family_start: str | None = None
+              ) -> RunningTrial:  # fmt: skip
         """Give a feasible sample its child run and attributes; it is then RUNNING."""
         with self.clock("mlflow"):
-            run_id = self.book.trial_started(trial.number, values, cfg, count, run_id, baseline=baseline)
+            run_id = self.book.trial_started(trial.number, values, cfg, count, run_id, baseline=baseline,
+                                             family_start=family_start)  # fmt: skip
         driver_fault("run", trial.number)
         attrs: dict[str, Any] = {ATTR_RUN: run_id, "n_params": count, "head_dim": cfg.model.head_dim}
         if self.job.uses("flops"):

@@ -23,6 +23,9 @@ class Baseline:
     values: dict[str, Any]  # the space's parameters that give the config (spaces.space.project)
     repeats: int
     source: str  # "default", the file it came from, or "job file"
+    # a search over model.family: each other family's start (family_starts), and why one was left out
+    family_starts: tuple[tuple[str, dict[str, Any]], ...] = ()
+    family_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,29 @@ def parse_baseline(
             problems.extend(f"baseline: {p}" for p in outside)
             return None, ""
         return None, f"the default config is outside the space ({'; '.join(outside)})"
-    return Baseline(values, repeats, label), ""
+    starts, notes = family_starts(space, cfg)
+    return Baseline(values, repeats, label, starts, notes), ""
+
+
+def family_starts(space: Space, cfg: RunConfig) -> tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[str, ...]]:
+    """In a space that searches ``model.family``: the baseline with each other family in its
+    place (that family's own model defaults, the baseline's shared settings), as space values, and
+    a line for each family whose start is outside the space. Trained once each after the baseline,
+    so every family is measured at a sensible setting before the sampler's start-up draws the
+    family at random and then follows whichever one led early (docs/search-job.md)."""
+    param = next((p for p in space.params if p.name == "model.family"), None)
+    if param is None or param.type != "categorical":
+        return (), ()
+    starts, notes = [], []
+    for family in param.choices:
+        if family == cfg.model.family:
+            continue
+        values, outside = project(space, apply_overrides(cfg, {"model.family": family}))
+        if outside:
+            notes.append(f"no {family} start: {'; '.join(outside)}")
+        else:
+            starts.append((str(family), values))
+    return tuple(starts), tuple(notes)
 
 
 def _baseline_file(path: str, base: RunConfig, source: str) -> RunConfig:

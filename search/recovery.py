@@ -36,6 +36,7 @@ ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_RUN = "mlflow_run_id"
 ATTR_STATE = "attntune_state"
 ATTR_BASELINE = "baseline"
+ATTR_FAMILY_START = "family_start"  # another family's start, trained once after the baseline
 # Attributes a driver killed while recording a trial's end may have left: the rerun decides them.
 END_ATTRS = (ATTR_STATE, "failure", "failure_kind", "stopped_epoch")
 
@@ -54,7 +55,8 @@ class Restarting(Protocol):
     def place(self, trial: Any, trial_id: int, values: dict[str, Any], run_id: str | None = None
               ) -> tuple[RunningTrial | None, str | None]: ...  # fmt: skip
     def start(self, trial: Any, trial_id: int, values: dict[str, Any], cfg: RunConfig, count: int,
-              run_id: str | None = None, baseline: int | None = None) -> RunningTrial: ...  # fmt: skip
+              run_id: str | None = None, baseline: int | None = None, family_start: str | None = None
+              ) -> RunningTrial: ...  # fmt: skip
     def infeasible(self, trial: Any, values: dict[str, Any], cfg: RunConfig | None, reason: str, count: int | None,
                    run_id: str | None = None) -> None: ...  # fmt: skip
 

@@ -95,7 +95,7 @@ def results_table(study: Any) -> pd.DataFrame:
             "start_time": a.get("start_time"),
             "end_time": a.get("end_time"),
         }
-        for k in ("flops", "latency_ms", "feasible", BLEU, "baseline", "duplicate_of", "warm_start_from"):
+        for k in ("flops", "latency_ms", "feasible", BLEU, "baseline", "family_start", "duplicate_of", "warm_start_from"):
             if k in a:
                 row[k] = a[k]
         if multi:

@@ -24,6 +24,7 @@ from attntune.search.outcome import Settled, TrialState
 from attntune.search.records import search_all
 from attntune.search.tracking import (
     TAG_BASELINE,
+    TAG_FAMILY_START,
     TAG_JOB,
     TAG_KIND,
     TAG_LICENSE,
@@ -195,12 +196,15 @@ class Runbook:
         return run_id
 
     def trial_started(self, number: int, values: Mapping[str, Any], cfg: RunConfig, count: int, run_id: str | None,
-                      baseline: int | None = None) -> str:  # fmt: skip
+                      baseline: int | None = None, family_start: str | None = None) -> str:  # fmt: skip
         tags = {**self._tags(number, TrialState.RUNNING), "attempts": 1}
         name = run_name(number, cfg)
         if baseline is not None:
             tags[TAG_BASELINE] = baseline
             name += " baseline"
+        if family_start is not None:
+            tags[TAG_FAMILY_START] = family_start
+            name += " start"
         return self._open(name, tags, self._params(values, cfg, count), run_id)
 
     def trial_infeasible(

@@ -40,6 +40,7 @@ TAG_SEARCH = "attntune.search_run_id"
 TAG_JOB = "attntune.job"
 TAG_LICENSE = "data.license"
 TAG_BASELINE = "attntune.baseline"  # on a baseline trial's run: which repeat (0, 1, ...)
+TAG_FAMILY_START = "attntune.family_start"  # on a family start's run: its family (job_sections.family_starts)
 
 
 class TrackingError(ConfigError):
