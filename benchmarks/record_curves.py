@@ -9,6 +9,7 @@ model/train settings, the space (job-file form) and the data licence.
     python benchmarks/record_curves.py --grid numbers            # built-in task, 64 configs x 8 epochs
     python benchmarks/record_curves.py --grid tatoeba            # Tatoeba zh->en subset, 16 configs x 8 epochs
     python benchmarks/record_curves.py --grid tatoeba-sizes      # Tatoeba zh->en, 96 configs, 6 sizes x 9 epochs
+    python benchmarks/record_curves.py --grid tatoeba-sizes-3k   # the same grid on 3,000 pairs, not 6,000
 
 An interrupted recording resumes: configurations already in the output file are kept.
 Tatoeba-derived curves carry the data's attribution (CC-BY 2.0 FR, tatoeba.org via manythings.org/anki).
@@ -122,6 +123,13 @@ GRIDS: dict[str, dict[str, Any]] = {
             }
         },
     },
+}
+# Issue 16: the same grid on half the data (a user's search on a subset, warm-starting the full
+# one): the related table ``benchmarks/warm_start.py`` replays a real warm start from.
+GRIDS["tatoeba-sizes-3k"] = {
+    **GRIDS["tatoeba-sizes"],
+    "file": "curves_tatoeba_sizes_3k.csv",
+    "task": tatoeba_task(max_pairs=3000, val_size=200),
 }
 
 
