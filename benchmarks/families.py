@@ -48,11 +48,12 @@ follows whichever one led early. Before the starts (2026-12-02) the Transformer 
 2M tokens. One repeat, not two: the noise estimate is not this benchmark's question, and each
 trial is some 10% of the search.
 
-Caveat, read before the convergence column: TPE samples at random until 10 trials have finished
-(``max(2, min(10, n_trials // 4))``, search/strategies.py), and a 30-minute search on 2 cores gets
-roughly 8-12 trials at 2M tokens and 4-6 at 8M. So at the default ``--minutes`` the last third of
-either search lies in or near that random start-up, and "converged to" says what random sampling
-drew; the script says how many of the last third fell in the start-up. ``--minutes 90`` gives the
+Caveat, read before the convergence column: TPE samples at random until 5 trials have finished
+(``tpe_startup``, search/strategies.py; 10 until 2026-12-02; the baseline and the family starts
+count among them), and a 30-minute search on 2 cores gets roughly 8-12 trials at 2M tokens and 4-6
+at 8M. So at the default ``--minutes`` the last third of either search may lie in or near that
+random start-up, and "converged to" then says what random sampling drew; the script says how many
+of the last third fell in the start-up. ``--minutes 90`` gives the
 2M search some 25-30 trials. Both searches use the same ``--search-seed``, so their first random
 trials are the same configurations (paired across budgets).
 
@@ -110,6 +111,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python benchmar
 from attntune.model.config import TaskConfig, load_dataclass, load_run_config, to_dict  # noqa: E402
 from attntune.model.data import TaskData, load_task  # noqa: E402
 from attntune.search.job import load_job  # noqa: E402
+from attntune.search.strategies import tpe_startup  # noqa: E402
 from benchmarks.tatoeba_common import (  # noqa: E402
     ATTRIBUTION,
     ROOT,
@@ -132,7 +134,7 @@ FAMILIES = ("transformer", "rnn", "mlp")
 SPACE, STRATEGY = "families-cpu", "tpe"
 ROUNDS = 9  # min_tokens = N / 9: each trial is evaluated (and reported) 9 times
 N_TRIALS = 100_000  # never reached: the time limit ends the search
-TPE_STARTUP = 10  # TPE's random trials at this n_trials: max(2, min(10, n_trials // 4))
+TPE_STARTUP = tpe_startup(N_TRIALS)  # TPE's random trials at this n_trials (search/strategies.py)
 DEFAULT = "default"  # the production row of examples/train_tatoeba.yaml itself, at each budget
 DEFAULT_NAME = "examples/train_tatoeba.yaml (a Transformer, not searched)"
 SMOKE = {"max_pairs": 3000, "minutes": 3.0, "budgets": (60_000, 120_000), "seeds": 1}

@@ -64,8 +64,16 @@ def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext
 
 
 def _startup(ctx: SamplerContext) -> int:
-    """Random trials before the model kicks in: ~1/4 of the budget, between 2 and 10."""
+    """Random trials before the model kicks in (GP, CMA-ES): ~1/4 of the budget, between 2 and 10."""
     return max(2, min(10, ctx.n_trials // 4))
+
+
+def tpe_startup(n_trials: int) -> int:
+    """TPE's random trials before its model kicks in: ~1/4 of the budget, between 2 and 5. Fewer
+    than Optuna's 10: at the 24-48 trials a CPU search affords, ten random trials are a fifth to
+    two fifths of the budget, and five reached random search's best sooner in the replays
+    (docs/BENCHMARKS.md, "TPE's start-up")."""
+    return max(2, min(5, n_trials // 4))
 
 
 @_quiet
@@ -88,7 +96,7 @@ def _tpe(ctx: SamplerContext) -> Any:
 
     return optuna.samplers.TPESampler(
         seed=ctx.seed,
-        n_startup_trials=_startup(ctx),
+        n_startup_trials=tpe_startup(ctx.n_trials),
         multivariate=True,
         group=True,
         constant_liar=ctx.concurrency > 1,
