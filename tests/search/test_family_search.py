@@ -82,6 +82,10 @@ def test_a_family_search_trains_all_three_families(backend: str, tmp_path: Path,
     t = result.table
     done = t[t["state"] == "COMPLETE"]
     assert set(done["model.family"]) == {"transformer", "rnn", "mlp"}, t[["number", "state", "model.family"]]
+    # results.csv shows a trial's own family's settings only: no rnn_cell on a transformer, no heads on an rnn.
+    by = {f: t[t["model.family"] == f] for f in ("transformer", "rnn", "mlp")}
+    assert by["transformer"]["model.rnn_cell"].isna().all() and by["rnn"]["model.rnn_cell"].notna().all()
+    assert by["rnn"]["model.n_heads"].isna().all() and by["mlp"]["model.hidden"].isna().all()
     # The baseline (a transformer), then one start per other family, before any sampled trial.
     first = t.sort_values("number").head(4)
     assert list(first["model.family"][:3]) == ["transformer", "rnn", "mlp"]
