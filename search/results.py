@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from attntune.model.config import ConfigError, fields_read
+from attntune.model.config import ConfigError, fields_unread
 from attntune.search.outcome import Gain, TrialState, baseline_gain, best_of, finite, pareto_front, ranked
 from attntune.search.records import best_values, locate_store
 from attntune.search.study_store import state_of
@@ -103,10 +103,8 @@ def results_table(study: Any) -> pd.DataFrame:
             for (name, _mode), v in zip(objectives, t.values or [], strict=False):
                 row[f"objective.{name}"] = v
         config = a.get("config") or {}
-        read = fields_read(config.get("model.family", "transformer"), config.get("model.parameterization", "standard"))
-        for k, v in config.items():
-            if not k.startswith("model.") or k[len("model."):] in read:  # not a field its family ignores
-                row[k] = v
+        unread = fields_unread(config.get("model.family", "transformer"), config.get("model.parameterization", "standard"))
+        row.update({k: v for k, v in config.items() if k.removeprefix("model.") not in unread})  # as the run's params
         for k, v in t.params.items():
             row[k] = v
         rows.append(row)

@@ -63,17 +63,16 @@ def _quiet(factory: Callable[[SamplerContext], Any]) -> Callable[[SamplerContext
     return make
 
 
-def _startup(ctx: SamplerContext) -> int:
-    """Random trials before the model kicks in (GP, CMA-ES): ~1/4 of the budget, between 2 and 10."""
-    return max(2, min(10, ctx.n_trials // 4))
+def _startup(n_trials: int, cap: int = 10) -> int:
+    """Random trials before a sampler's model kicks in: ~1/4 of the budget, between 2 and ``cap``."""
+    return max(2, min(cap, n_trials // 4))
 
 
 def tpe_startup(n_trials: int) -> int:
-    """TPE's random trials before its model kicks in: ~1/4 of the budget, between 2 and 5. Fewer
-    than Optuna's 10: at the 24-48 trials a CPU search affords, ten random trials are a fifth to
-    two fifths of the budget, and five reached random search's best sooner in the replays
-    (docs/BENCHMARKS.md, "TPE's start-up")."""
-    return max(2, min(5, n_trials // 4))
+    """TPE's random trials: at most 5, not Optuna's 10 (which GP and CMA-ES keep). At the 24-48
+    trials a CPU search affords, ten random trials are a fifth to two fifths of the budget, and
+    five reached random search's best sooner in the replays (docs/BENCHMARKS.md, "TPE's start-up")."""
+    return _startup(n_trials, cap=5)
 
 
 @_quiet
@@ -110,7 +109,7 @@ def _gp(ctx: SamplerContext) -> Any:
     import optuna
 
     return optuna.samplers.GPSampler(
-        seed=ctx.seed, n_startup_trials=_startup(ctx), warn_independent_sampling=False
+        seed=ctx.seed, n_startup_trials=_startup(ctx.n_trials), warn_independent_sampling=False
     )
 
 
@@ -120,7 +119,7 @@ def _cmaes(ctx: SamplerContext) -> Any:
 
     return optuna.samplers.CmaEsSampler(
         seed=ctx.seed,
-        n_startup_trials=_startup(ctx),
+        n_startup_trials=_startup(ctx.n_trials),
         warn_independent_sampling=False,
         consider_pruned_trials=True,
     )

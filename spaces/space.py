@@ -245,13 +245,13 @@ def project(space: Space, cfg: RunConfig) -> tuple[dict[str, Any], list[str]]:
     """The space's parameter values that give ``cfg`` (``expand``'s inverse), and what keeps the
     space from producing it (a value outside a range or the choices), one line each."""
     m = cfg.model
+    # widths left None mean d_model (model/rnn.py, model/mlp.py); the space names them
+    widths = {"model.hidden": m.hidden, "model.token_mixing_dim": m.token_mixing_dim}
     derived: dict[str, Any] = {
         "model.head_dim": m.d_model // m.n_heads if m.d_model % m.n_heads == 0 else None,
         "model.d_ff_ratio": m.d_ff / m.d_model,
         "model.n_layers": m.n_encoder_layers if m.n_encoder_layers == m.n_decoder_layers else None,
-        # widths left None mean d_model (model/rnn.py, model/mlp.py); the space names them
-        "model.hidden": m.d_model if m.hidden is None else m.hidden,
-        "model.token_mixing_dim": m.d_model if m.token_mixing_dim is None else m.token_mixing_dim,
+        **{k: m.d_model if v is None else v for k, v in widths.items()},
     }
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -264,7 +264,7 @@ def project(space: Space, cfg: RunConfig) -> tuple[dict[str, Any], list[str]]:
             values[p.name] = p.canonical(value)
         except ValueError:
             problems.append(f"{p.name}={value} is outside the space ({_extent(p)})")
-    filled = {k: values[k] for k in ("model.hidden", "model.token_mixing_dim") if k in values}
+    filled = {k: values[k] for k in widths if k in values}  # cfg with those widths written out
     if not problems and make_config(cfg, values) != make_config(cfg, filled):  # e.g. d_ff not a whole ratio of d_model
         problems.append("the space cannot produce this exact config (d_ff or d_model differ after expansion)")
     return values, problems

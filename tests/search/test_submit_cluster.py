@@ -74,17 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
     temp = Path(f"/tmp/attntune-ray-{os.getpid()}-{free_port()}")  # short: Ray's socket paths
     env = _ray_env()
-    taken: set[int] = set()
-
-    def distinct_port() -> int:
-        """A free port no other component of this cluster got: two draws of ``free_port`` can return
-        the same just-closed port, and Ray then refuses to start ("port ... used by other components")."""
-        while (p := free_port()) in taken:
-            pass
-        taken.add(p)
-        return p
-
-    port, dash_port = distinct_port(), distinct_port()
+    port, dash_port = free_port(), free_port()
     dashboard = f"http://127.0.0.1:{dash_port}"
     procs: list[subprocess.Popen] = []
     with contextlib.ExitStack() as stack:
@@ -100,7 +90,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             between the two nodes on one host, or with any other Ray on the machine."""
             out = []
             for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port"):
-                out += [flag, str(distinct_port())]
+                out += [flag, str(free_port())]
             return out
 
         with open(head_log, "wb") as out:

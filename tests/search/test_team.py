@@ -32,10 +32,19 @@ from tests.conftest import attntune_cli, tiny_job, write_job
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
+_GIVEN: set[int] = set()  # ports free_port handed out in this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one handed out before in this process: two draws can
+    return the same just-closed port, and a cluster given it twice (Ray's agents) refuses to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _admin(sql: str) -> None:
